@@ -1,0 +1,165 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STAGE_UNSPECIFIED: _ClassVar[Stage]
+    STAGE_CURRENT: _ClassVar[Stage]
+    STAGE_PREVIOUS: _ClassVar[Stage]
+    STAGE_PENDING: _ClassVar[Stage]
+    STAGE_RETIRED: _ClassVar[Stage]
+
+class RotationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROTATION_REASON_UNSPECIFIED: _ClassVar[RotationReason]
+    ROTATION_REASON_INITIAL: _ClassVar[RotationReason]
+    ROTATION_REASON_SCHEDULED: _ClassVar[RotationReason]
+    ROTATION_REASON_MANUAL: _ClassVar[RotationReason]
+STAGE_UNSPECIFIED: Stage
+STAGE_CURRENT: Stage
+STAGE_PREVIOUS: Stage
+STAGE_PENDING: Stage
+STAGE_RETIRED: Stage
+ROTATION_REASON_UNSPECIFIED: RotationReason
+ROTATION_REASON_INITIAL: RotationReason
+ROTATION_REASON_SCHEDULED: RotationReason
+ROTATION_REASON_MANUAL: RotationReason
+
+class InitializeSecretsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class SkippedSecret(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class InitializeSecretsResponse(_message.Message):
+    __slots__ = ("master_user_id", "is_master", "generated", "already_present", "skipped")
+    MASTER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IS_MASTER_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    master_user_id: str
+    is_master: bool
+    generated: _containers.RepeatedScalarFieldContainer[str]
+    already_present: _containers.RepeatedScalarFieldContainer[str]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedSecret]
+    def __init__(self, master_user_id: _Optional[str] = ..., is_master: _Optional[bool] = ..., generated: _Optional[_Iterable[str]] = ..., already_present: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[_Union[SkippedSecret, _Mapping]]] = ...) -> None: ...
+
+class GetSecretRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetSecretResponse(_message.Message):
+    __slots__ = ("name", "value", "version", "stage", "created_at", "next_rotation_due")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    version: int
+    stage: Stage
+    created_at: _timestamp_pb2.Timestamp
+    next_rotation_due: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RotateSecretRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("name", "version", "stage", "created_at", "reason", "next_rotation_due")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    stage: Stage
+    created_at: _timestamp_pb2.Timestamp
+    reason: RotationReason
+    next_rotation_due: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[_Union[RotationReason, str]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RotateSecretResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...
+
+class WatchRotationsRequest(_message.Message):
+    __slots__ = ("since_event_id", "names")
+    SINCE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    since_event_id: int
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, since_event_id: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RotationEvent(_message.Message):
+    __slots__ = ("event_id", "name", "old_version", "new_version", "reason", "rotated_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    name: str
+    old_version: int
+    new_version: int
+    reason: RotationReason
+    rotated_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[int] = ..., name: _Optional[str] = ..., old_version: _Optional[int] = ..., new_version: _Optional[int] = ..., reason: _Optional[_Union[RotationReason, str]] = ..., rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SecretInfo(_message.Message):
+    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_INTERVAL_DAYS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    current_version: int
+    rotation_interval_days: int
+    last_rotated_at: _timestamp_pb2.Timestamp
+    next_rotation_due: _timestamp_pb2.Timestamp
+    imported: bool
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ...) -> None: ...
+
+class ListSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretInfo]
+    def __init__(self, secrets: _Optional[_Iterable[_Union[SecretInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,99 @@
+"""A blocking wrapper of the client, for scripts and synchronous services."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Iterator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+from secretsvc_client.client import DEFAULT_TIMEOUT, SecretsClient
+from secretsvc_client.models import (
+    InitializeResult,
+    RotationEvent,
+    Secret,
+    SecretInfo,
+    VersionInfo,
+)
+
+T = TypeVar("T")
+
+
+class BlockingSecretsClient:
+    """The same calls as :class:`SecretsClient`, each blocking until it returns.
+
+    The asyncio client runs on an event loop in a private thread.
+    """
+
+    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Start the private loop and open a channel to ``target``."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="secretsvc-client", daemon=True
+        )
+        self._thread.start()
+        self._client = self._run(self._open(target, timeout))
+
+    @staticmethod
+    async def _open(target: str, call_timeout: float | None) -> SecretsClient:
+        # The channel must be made on the loop that will drive it.
+        return SecretsClient(target, timeout=call_timeout)
+
+    def __enter__(self) -> BlockingSecretsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and stop the private loop."""
+        if not self._loop.is_running():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def initialize(self, user_id: str) -> InitializeResult:
+        """Report a login of ``user_id``; the first one makes it master."""
+        return self._run(self._client.initialize(user_id))
+
+    def get(self, name: str, version: int | None = None) -> Secret:
+        """Read a secret: its current version, or the version given."""
+        return self._run(self._client.get(name, version))
+
+    def get_or_default(self, name: str, default: str) -> str:
+        """Return the current value of a secret, or ``default`` if it has none."""
+        return self._run(self._client.get_or_default(name, default))
+
+    def rotate(self, name: str) -> VersionInfo:
+        """Replace a secret's current version; return the new one's metadata."""
+        return self._run(self._client.rotate(name))
+
+    def list(self) -> list[SecretInfo]:
+        """Describe every secret, without values."""
+        return self._run(self._client.list())
+
+    def watch(
+        self, since_event_id: int = 0, names: Sequence[str] | None = None
+    ) -> Iterator[RotationEvent]:
+        """Yield rotation events as :meth:`SecretsClient.watch` does."""
+        events = self._client.watch(since_event_id, names)
+        try:
+            while True:
+                yield self._run(anext(events))
+        finally:
+            if self._loop.is_running():
+                self._run(events.aclose())
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result()

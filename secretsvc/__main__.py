@@ -1,0 +1,5 @@
+"""Run the ``secretsvc`` command as ``python -m secretsvc``."""
+
+from secretsvc.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""The audit trail: who did what to which secret, and how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from secretsvc.model import AuditRecord
+from secretsvc.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class AuditTrail:
+    """Buffer audit records of reads and refusals, and write them in batches.
+
+    Reads are served from memory; writing their records in batches keeps a
+    database round trip off each read. Rotations and initialization write
+    their records in their own transactions instead.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime],
+        *,
+        flush_interval: float = 0.5,
+        max_batch: int = 500,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._pending: list[AuditRecord] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def make(
+        self,
+        actor: str,
+        action: str,
+        outcome: str,
+        name: str | None = None,
+        version: int | None = None,
+        detail: str | None = None,
+    ) -> AuditRecord:
+        """Return a record stamped now, for a transaction to write itself."""
+        return AuditRecord(
+            at=self._clock(),
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            name=name,
+            version=version,
+            detail=detail,
+        )
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        outcome: str,
+        name: str | None = None,
+        version: int | None = None,
+        detail: str | None = None,
+    ) -> AuditRecord:
+        """Queue one record; it reaches the store within the flush interval."""
+        record = self.make(actor, action, outcome, name, version, detail)
+        self._pending.append(record)
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+
+        return record
+
+    def start(self) -> None:
+        """Start writing queued records in the background."""
+        self._task = asyncio.create_task(self._run(), name="secretsvc-audit")
+
+    async def stop(self) -> None:
+        """Stop the background writer, after writing what is queued."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued record now."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            async with self._store.write() as tx:
+                await tx.append_audit(batch)
+        except Exception:
+            # Keep the records for the next flush rather than lose them.
+            self._pending[:0] = batch
+            raise
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                logger.warning(
+                    "audit records not written yet (%d queued); retrying",
+                    len(self._pending),
+                    exc_info=True,
+                )

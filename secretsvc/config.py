@@ -1,0 +1,109 @@
+"""Settings from flags and the environment, and the root key they point to."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from secretsvc.crypto import MIN_ROOT_KEY_LENGTH
+from secretsvc.errors import StartupError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/secretsvc.db"
+
+
+class Settings(BaseSettings):
+    """The server's settings; each one also reads ``SECRETSVC_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SECRETSVC_", extra="ignore", populate_by_name=True
+    )
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    # Seconds between two runs of the rotation loop.
+    rotation_interval: float = Field(default=3600.0, gt=0)
+    # Seconds that calls in flight may take to finish at shutdown.
+    shutdown_grace: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+    # Used only when no root key is set: created on first use, mode 0600.
+    dev_key_file: Path | None = None
+
+    root_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PASSWORD_MASTER_KEY", "root_key"),
+        repr=False,
+    )
+    root_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PASSWORD_MASTER_KEY_FILE", "root_key_file"),
+    )
+
+
+def load_root_key(settings: Settings) -> str:
+    """Return the root key from the environment, a key file or the dev key file.
+
+    Raises:
+        StartupError: the key is missing, unreadable or too short, in one line.
+    """
+    if settings.root_key is not None and settings.root_key_file is not None:
+        raise StartupError(
+            "set PASSWORD_MASTER_KEY or PASSWORD_MASTER_KEY_FILE, not both"
+        )
+
+    if settings.root_key is not None:
+        key, origin = settings.root_key.get_secret_value(), "PASSWORD_MASTER_KEY"
+    elif settings.root_key_file is not None:
+        key = _read_key_file(settings.root_key_file, "PASSWORD_MASTER_KEY_FILE")
+        origin = (
+            f"the file named by PASSWORD_MASTER_KEY_FILE ({settings.root_key_file})"
+        )
+    elif settings.dev_key_file is not None:
+        return _dev_key(settings.dev_key_file)
+    else:
+        raise StartupError(
+            "no root key: set PASSWORD_MASTER_KEY (at least 32 characters) "
+            "or PASSWORD_MASTER_KEY_FILE"
+        )
+
+    if len(key) < MIN_ROOT_KEY_LENGTH:
+        raise StartupError(
+            f"root key from {origin} is {len(key)} characters; "
+            f"it needs at least {MIN_ROOT_KEY_LENGTH}"
+        )
+    return key
+
+
+def _read_key_file(path: Path, variable: str) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not text"
+        raise StartupError(
+            f"{variable} names {path}, which cannot be read: {reason}"
+        ) from None
+
+
+def _dev_key(path: Path) -> str:
+    """Return the development root key, creating its file on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+    logger.warning(
+        "no root key set: using the development key file %s; "
+        "set PASSWORD_MASTER_KEY or PASSWORD_MASTER_KEY_FILE in production",
+        path,
+    )
+    key = _read_key_file(path, "the development key file")
+    if len(key) < MIN_ROOT_KEY_LENGTH:
+        raise StartupError(f"development key file {path} holds a key that is too short")
+    return key

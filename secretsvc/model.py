@@ -1,0 +1,115 @@
+"""Records that the store returns and the domain works with."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Stage(enum.StrEnum):
+    """The role of a version for its secret."""
+
+    CURRENT = "CURRENT"
+    PREVIOUS = "PREVIOUS"
+    PENDING = "PENDING"
+    RETIRED = "RETIRED"
+
+
+class Reason(enum.StrEnum):
+    """Why a version became current."""
+
+    INITIAL = "INITIAL"
+    SCHEDULED = "SCHEDULED"
+    MANUAL = "MANUAL"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One version of a secret: its sealed value and metadata."""
+
+    version: int
+    stage: Stage
+    # None for the data key, whose material lives in the keyring.
+    sealed_value: bytes | None
+    key_term: int | None
+    reason: Reason
+    created_at: datetime
+    created_by: str
+
+    def __repr__(self) -> str:
+        return f"VersionRecord(version={self.version}, stage={self.stage})"
+
+
+@dataclass(slots=True)
+class SecretRecord:
+    """A secret, as its ``application_secrets`` row and its versions."""
+
+    name: str
+    min_length: int
+    rotation_interval_days: int | None
+    last_rotated_at: datetime | None
+    next_rotation_due: datetime | None
+    created_by: str
+    created_at: datetime
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+
+    @property
+    def current(self) -> VersionRecord:
+        """The version that readers get by default."""
+        return next(v for v in self.versions.values() if v.stage is Stage.CURRENT)
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version about to be written."""
+
+    name: str
+    version: int
+    sealed_value: bytes | None
+    key_term: int | None
+    reason: Reason
+    created_at: datetime
+    created_by: str
+    next_rotation_due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RotationEventRecord:
+    """A version became current; ids increase in commit order."""
+
+    event_id: int
+    name: str
+    old_version: int
+    new_version: int
+    reason: Reason
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """Who did what to which secret, when, and how it ended. Never a value."""
+
+    at: datetime
+    actor: str
+    action: str
+    outcome: str
+    name: str | None = None
+    version: int | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MasterUser:
+    """The user whose first login initialized the secrets."""
+
+    user_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMeta:
+    """What the store keeps about its root key: the salt and a verifier."""
+
+    key_salt: bytes
+    key_verifier: bytes

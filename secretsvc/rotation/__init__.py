@@ -1,0 +1,1 @@
+"""Rotation: the rotators that produce values and the scheduler that runs them."""

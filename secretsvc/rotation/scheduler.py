@@ -1,0 +1,92 @@
+"""The rotation loop: rotate every secret that falls due, on a fixed period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from secretsvc.catalog import Source
+from secretsvc.model import Reason
+from secretsvc.service import Clock, SecretManager, utc_now
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER = "scheduler"
+
+
+class RotationScheduler:
+    """Own the background task that rotates due secrets every ``period`` seconds."""
+
+    def __init__(
+        self, manager: SecretManager, *, period: float, clock: Clock = utc_now
+    ) -> None:
+        """Prepare the loop; :meth:`start` runs it."""
+        if period <= 0:
+            raise ValueError("rotation period must be positive")
+        self._manager = manager
+        self.period = period
+        self._clock = clock
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Imported secrets that fell due, each reported once per due date.
+        self._reported: set[tuple[str, datetime | None]] = set()
+
+    def start(self) -> None:
+        """Start the loop; the first tick runs at once."""
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name="secretsvc-rotation")
+        logger.info("rotation loop started, every %gs", self.period)
+
+    async def stop(self) -> None:
+        """Stop the loop, letting a rotation in progress finish."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        logger.info("rotation loop stopped")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                logger.exception("rotation tick failed; retrying in %gs", self.period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.period)
+
+    async def tick(self) -> list[str]:
+        """Rotate what is due now; return the names rotated.
+
+        A secret that fails is logged and tried again on the next tick; the
+        others are rotated all the same.
+        """
+        now = self._clock()
+        rotated = []
+        for name in await self._manager.due(now):
+            if self._stop.is_set():
+                break
+            policy = self._manager.policy(name)
+            if policy is not None and policy.source is Source.IMPORTED:
+                self._report_imported(name)
+                continue
+            try:
+                await self._manager.rotate(name, Reason.SCHEDULED, actor=SCHEDULER)
+            except Exception:
+                logger.exception("scheduled rotation of %s failed", name)
+                continue
+            rotated.append(name)
+
+        return rotated
+
+    def _report_imported(self, name: str) -> None:
+        due = self._manager.next_due(name)
+        if (name, due) in self._reported:
+            return
+        self._reported.add((name, due))
+        logger.warning(
+            "secret %s fell due at %s; it is imported, so it is left as it is",
+            name,
+            due.isoformat() if due else "an unknown time",
+        )

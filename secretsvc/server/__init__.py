@@ -1,0 +1,1 @@
+"""The gRPC transport: servicer, error mapping and the server's lifecycle."""

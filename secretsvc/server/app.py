@@ -1,0 +1,126 @@
+"""Start, run and stop a secretsvc server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from secretsvc_client._proto import secrets_pb2 as pb
+from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
+
+from secretsvc.config import Settings
+from secretsvc.errors import StartupError
+from secretsvc.rotation.scheduler import RotationScheduler
+from secretsvc.server.servicer import SecretServicer
+from secretsvc.service import Clock, SecretManager, utc_now
+from secretsvc.store import Store, redact_url
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SecretService"].full_name
+
+
+class SecretsServer:
+    """One secretsvc server: the store, the manager, the loop and the gRPC server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        root_key: str,
+        *,
+        clock: Clock = utc_now,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """Prepare a server; nothing is opened before :meth:`start`."""
+        self.settings = settings
+        self.store = Store.open(settings.database_url)
+        self.manager = SecretManager(
+            self.store,
+            root_key,
+            environ=os.environ if environ is None else environ,
+            clock=clock,
+        )
+        self.scheduler = RotationScheduler(
+            self.manager, period=settings.rotation_interval, clock=clock
+        )
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Open the store, start listening and start the loop; return the port.
+
+        Raises:
+            StartupError: the root key does not fit the store, or the like.
+        """
+        try:
+            await self.manager.start()
+        except BaseException:
+            await self.store.close()
+            raise
+
+        server = grpc.aio.server()
+        servicer = SecretServicer(self.manager)
+        pb_grpc.add_SecretServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError:
+            await self.manager.close()
+            await self.store.close()
+            raise StartupError(
+                f"cannot listen on {self.settings.listen}: "
+                "the address is taken or not this machine's"
+            ) from None
+        await server.start()
+        self._server = server
+
+        self.scheduler.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = self.settings.listen.rsplit(":", 1)[0]
+        logger.info(
+            "secretsvc listening on %s:%d, store %s",
+            host,
+            self.port,
+            redact_url(self.settings.database_url),
+        )
+
+        return self.port
+
+    async def stop(self) -> None:
+        """Refuse new calls, end streams, finish calls in flight, close the store."""
+        logger.info("secretsvc shutting down")
+        await self.health.enter_graceful_shutdown()
+        # Ending the watch streams first lets the grace period go to unary calls.
+        self.manager.hub.close()
+        await self.scheduler.stop()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace)
+        try:
+            await self.manager.close()
+        finally:
+            await self.store.close()
+        logger.info("secretsvc stopped")
+
+
+async def serve(settings: Settings, root_key: str) -> None:
+    """Run a server until SIGTERM or SIGINT, then stop it gracefully."""
+    server = SecretsServer(settings, root_key)
+    await server.start()
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await server.stop()

@@ -1,0 +1,601 @@
+"""The domain: initialize, read, rotate, list and watch secrets.
+
+It knows no gRPC and no SQL: the transport calls it, and it calls the store.
+Reads are served from sealed versions held in memory; each read opens one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from secretsvc import crypto
+from secretsvc.audit import AuditTrail
+from secretsvc.catalog import (
+    DEFAULT_CATALOG,
+    NAME_PATTERN,
+    SecretPolicy,
+    Source,
+    check_name,
+)
+from secretsvc.errors import (
+    InvalidRequest,
+    NotRotatable,
+    ReadForbidden,
+    RootKeyMismatch,
+    SecretCorrupted,
+    SecretNotFound,
+    SecretsError,
+    StartupError,
+    VersionNotFound,
+)
+from secretsvc.events import EventHub
+from secretsvc.model import (
+    NewVersion,
+    Reason,
+    RotationEventRecord,
+    SecretRecord,
+    Stage,
+    StoreMeta,
+)
+from secretsvc.rotation.rotators import generate_value
+from secretsvc.store import Store, StoreTransaction, migrate
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_USER_ID_LENGTH = 256
+MAX_VERSION = 2**31 - 1
+# A watcher re-reads the log this often even when nothing woke it, so an event
+# written by another process is never held back for long.
+WATCH_POLL_SECONDS = 5.0
+
+
+def utc_now() -> datetime:
+    """Return the current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretValue:
+    """One opened version of a secret."""
+
+    name: str
+    value: str
+    version: int
+    stage: Stage
+    created_at: datetime
+    next_rotation_due: datetime | None
+
+    def __repr__(self) -> str:
+        return f"SecretValue(name={self.name!r}, version={self.version})"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMeta:
+    """A version's metadata, as a rotation reports it."""
+
+    name: str
+    version: int
+    stage: Stage
+    created_at: datetime
+    reason: Reason
+    next_rotation_due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSummary:
+    """A secret's metadata, without any value."""
+
+    name: str
+    current_version: int
+    rotation_interval_days: int | None
+    last_rotated_at: datetime | None
+    next_rotation_due: datetime | None
+    imported: bool
+
+
+@dataclass(slots=True)
+class InitializeOutcome:
+    """What an initialization found and did."""
+
+    master_user_id: str
+    is_master: bool
+    generated: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SecretManager:
+    """Own the secrets: generate, seal, store, serve and rotate them."""
+
+    def __init__(
+        self,
+        store: Store,
+        root_key: str | bytes,
+        *,
+        catalog: Sequence[SecretPolicy] = DEFAULT_CATALOG,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock = utc_now,
+        audit: AuditTrail | None = None,
+        hub: EventHub | None = None,
+    ) -> None:
+        """Prepare a manager; :meth:`start` opens the store.
+
+        Args:
+            store: where secrets are kept.
+            root_key: the operator's root key, which wraps the keyring.
+            catalog: the secrets to create at initialization.
+            environ: where imported secrets are read from at initialization.
+            clock: returns the current aware UTC time.
+            audit: the trail that records reads and refusals.
+            hub: wakes watchers when events are appended.
+        """
+        self._store = store
+        self._root_key_secret = root_key
+        self._policies = {policy.name: policy for policy in catalog}
+        self._environ = environ if environ is not None else {}
+        self._clock = clock
+        self.audit = audit or AuditTrail(store, clock)
+        self.hub = hub or EventHub()
+        self._root: crypto.RootKey | None = None
+        self._keyring = crypto.Keyring()
+        self._secrets: dict[str, SecretRecord] = {}
+        self._master: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the root key, migrate the schema and load the secrets.
+
+        Raises:
+            RootKeyMismatch: the store was created with another root key;
+                nothing has been written.
+        """
+        if await self._store.has_schema():
+            async with self._store.read() as tx:
+                meta = await tx.meta()
+            if meta is not None:
+                self._root = self._open_root_key(meta)
+        await migrate(self._store)
+
+        if self._root is None:
+            salt = crypto.new_salt()
+            fresh = crypto.RootKey(self._root_key_secret, salt)
+            proposal = StoreMeta(salt, fresh.make_verifier())
+            async with self._store.write() as tx:
+                meta = await tx.claim_meta(proposal, self._clock())
+            # Another process may have created the store a moment before.
+            self._root = self._open_root_key(meta)
+
+        await self._load()
+        self.audit.start()
+
+    def _open_root_key(self, meta: StoreMeta) -> crypto.RootKey:
+        root = crypto.RootKey(self._root_key_secret, meta.key_salt)
+        if not root.matches(meta.key_verifier):
+            raise RootKeyMismatch(
+                "the root key (PASSWORD_MASTER_KEY) does not match this store"
+            )
+        return root
+
+    async def _load(self) -> None:
+        async with self._store.read() as tx:
+            await self._load_keyring(tx)
+            master = await tx.master_user()
+            records = await tx.secrets()
+        self._master = master.user_id if master else None
+        self._secrets = {record.name: record for record in records}
+        logger.info(
+            "loaded %d secrets; keyring has %d terms",
+            len(records),
+            self._keyring.active_term or 0,
+        )
+
+    async def _load_keyring(self, tx: StoreTransaction) -> None:
+        assert self._root is not None
+        ring = crypto.Keyring()
+        for term, wrapped in await tx.key_terms():
+            try:
+                ring = ring.with_term(term, self._root.unwrap(term, wrapped))
+            except crypto.SealError as error:
+                message = f"keyring term {term} does not open: the store is damaged"
+                raise StartupError(message) from error
+        self._keyring = ring
+
+    async def _reload(self, names: Sequence[str]) -> None:
+        async with self._store.read() as tx:
+            records = await tx.secrets(names)
+        for record in records:
+            self._secrets[record.name] = record
+
+    async def close(self) -> None:
+        """Wake watchers to end their streams and write pending audit records."""
+        self.hub.close()
+        await self.audit.stop()
+
+    # -- audit ----------------------------------------------------------------
+
+    @contextmanager
+    def _audited(
+        self, actor: str, action: str, name: str | None, version: int | None
+    ) -> Iterator[None]:
+        """Record a refusal; successes are recorded by the caller."""
+        # A name that breaks the grammar is not fit for the trail's name column;
+        # the error message describes it instead.
+        if name is not None and not NAME_PATTERN.fullmatch(name):
+            name = None
+        try:
+            yield
+        except SecretsError as error:
+            self.audit.record(
+                actor, action, error.outcome, name, version, detail=str(error)
+            )
+            raise
+        except Exception:
+            self.audit.record(actor, action, "error", name, version)
+            raise
+
+    # -- initialize -----------------------------------------------------------
+
+    async def initialize(self, user_id: str, *, actor: str) -> InitializeOutcome:
+        """Make ``user_id`` master on the first call and create every secret.
+
+        The database settles a race between first logins: one master user and
+        one first version of each secret, whatever the number of callers.
+        """
+        with self._audited(actor, "initialize", None, None):
+            _check_user_id(user_id)
+            missing = [p for p in self._policies.values() if self._needs_creating(p)]
+            if self._master is not None and not missing:
+                outcome = InitializeOutcome(
+                    master_user_id=self._master,
+                    is_master=self._master == user_id,
+                    already_present=sorted(self._secrets),
+                    skipped=self._skipped(),
+                )
+            else:
+                outcome = await self._initialize(user_id, actor)
+
+        detail = f"user_id={user_id}" + (", master" if outcome.is_master else "")
+        self.audit.record(actor, "initialize", "ok", detail=detail)
+        return outcome
+
+    def _needs_creating(self, policy: SecretPolicy) -> bool:
+        if policy.name in self._secrets:
+            return False
+        return policy.source is not Source.IMPORTED or self._import(policy) is not None
+
+    def _import(self, policy: SecretPolicy) -> str | None:
+        value = self._environ.get(policy.import_from or policy.name)
+        return value or None
+
+    def _skipped(
+        self, policies: Iterable[SecretPolicy] | None = None
+    ) -> list[tuple[str, str]]:
+        """Name the imported secrets that cannot be created, and why."""
+        candidates = self._policies.values() if policies is None else policies
+        return [
+            (p.name, f"{p.import_from} is not set in the server's environment")
+            for p in candidates
+            if p.name not in self._secrets and not self._needs_creating(p)
+        ]
+
+    async def _initialize(self, user_id: str, actor: str) -> InitializeOutcome:
+        assert self._root is not None
+        now = self._clock()
+        ring = self._keyring
+        events: list[RotationEventRecord] = []
+
+        async with self._store.write() as tx:
+            master = await tx.claim_master(user_id, now)
+            existing = await tx.secret_names()
+            outcome = InitializeOutcome(
+                master_user_id=master.user_id, is_master=master.user_id == user_id
+            )
+            # The data key comes first: it seals every other secret.
+            policies = sorted(
+                self._policies.values(), key=lambda p: p.source is not Source.DATA_KEY
+            )
+            for policy in policies:
+                if policy.name in existing:
+                    outcome.already_present.append(policy.name)
+                    continue
+                if policy.source is Source.DATA_KEY:
+                    ring, first, stored = await self._new_data_key(
+                        tx, policy, 1, Reason.INITIAL, now, actor
+                    )
+                else:
+                    value = self._import(policy)
+                    if policy.source is Source.IMPORTED and value is None:
+                        outcome.skipped.extend(self._skipped([policy]))
+                        continue
+                    value = value or generate_value(policy)
+                    stored = ring.seal(policy.name, 1, value.encode())
+                    first = _new_version(policy, 1, stored, Reason.INITIAL, now, actor)
+                await tx.create_secret(
+                    first,
+                    encrypted_value=stored,
+                    min_length=policy.min_length,
+                    interval_days=policy.rotation_interval_days,
+                )
+                events.append(
+                    await tx.append_event(policy.name, 0, 1, Reason.INITIAL, now)
+                )
+                outcome.generated.append(policy.name)
+            await tx.append_audit(
+                [
+                    self.audit.make(actor, "create", "ok", event.name, 1, "INITIAL")
+                    for event in events
+                ]
+            )
+
+        self._keyring = ring
+        self._master = outcome.master_user_id
+        await self._reload(outcome.generated + outcome.already_present)
+        if events:
+            logger.info(
+                "initialized secrets %s; master user is %s",
+                ", ".join(outcome.generated),
+                outcome.master_user_id,
+            )
+            self.hub.publish()
+
+        return outcome
+
+    async def _new_data_key(
+        self,
+        tx: StoreTransaction,
+        policy: SecretPolicy,
+        version: int,
+        reason: Reason,
+        now: datetime,
+        actor: str,
+    ) -> tuple[crypto.Keyring, NewVersion, bytes]:
+        """Add a keyring term, recorded as a version of the data key secret.
+
+        Returns the keyring with the new term, the version, and the wrapped
+        key that the secret's row keeps; the key itself lives in the keyring.
+        """
+        assert self._root is not None
+        term = await tx.last_key_term() + 1
+        data_key = crypto.new_data_key()
+        wrapped = self._root.wrap(term, data_key)
+        await tx.add_key_term(term, wrapped, now)
+        ring = self._keyring.with_term(term, data_key)
+        new = _new_version(policy, version, None, reason, now, actor)
+
+        return ring, replace(new, key_term=term), wrapped
+
+    # -- read -----------------------------------------------------------------
+
+    async def get(self, name: str, version: int = 0, *, actor: str) -> SecretValue:
+        """Open one version of a secret: the current one when ``version`` is 0.
+
+        Raises:
+            InvalidRequest: the name or version breaks the grammar.
+            ReadForbidden: the secret is never served.
+            SecretNotFound, VersionNotFound: there is no such secret or version.
+            SecretCorrupted: the stored value does not open.
+        """
+        with self._audited(actor, "read", name, version or None):
+            check_name(name)
+            _check_version(version)
+            policy = self._policies.get(name)
+            if policy is not None and not policy.servable:
+                raise ReadForbidden(f"secret '{name}' is never served", name=name)
+            record = self._secrets.get(name)
+            if record is None:
+                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            found = record.current if version == 0 else record.versions.get(version)
+            if found is None or found.sealed_value is None:
+                raise VersionNotFound(
+                    f"secret '{name}' has no version {version}",
+                    name=name,
+                    version=version,
+                )
+
+            plaintext = await self._open(name, found.version, found.sealed_value)
+
+        self.audit.record(actor, "read", "ok", name, found.version)
+        return SecretValue(
+            name=name,
+            value=plaintext.decode(),
+            version=found.version,
+            stage=found.stage,
+            created_at=found.created_at,
+            next_rotation_due=record.next_rotation_due,
+        )
+
+    async def _open(self, name: str, version: int, sealed: bytes) -> bytes:
+        try:
+            try:
+                return self._keyring.open(name, version, sealed)
+            except crypto.UnknownKeyTerm:
+                # Another process added a term since this one loaded the ring.
+                async with self._store.read() as tx:
+                    await self._load_keyring(tx)
+                return self._keyring.open(name, version, sealed)
+        except (crypto.SealError, UnicodeDecodeError) as error:
+            logger.error("secret %s version %d does not open: %s", name, version, error)
+            raise SecretCorrupted(
+                f"secret '{name}' version {version} is damaged and cannot be opened",
+                name=name,
+                version=version,
+            ) from None
+
+    async def list_secrets(self, *, actor: str) -> list[SecretSummary]:
+        """Describe every secret, without values."""
+        self.audit.record(actor, "list", "ok")
+        return [
+            SecretSummary(
+                name=record.name,
+                current_version=record.current.version,
+                rotation_interval_days=record.rotation_interval_days,
+                last_rotated_at=record.last_rotated_at,
+                next_rotation_due=record.next_rotation_due,
+                imported=self._source(record.name) is Source.IMPORTED,
+            )
+            for record in sorted(self._secrets.values(), key=lambda r: r.name)
+        ]
+
+    def _source(self, name: str) -> Source:
+        policy = self._policies.get(name)
+        return policy.source if policy else Source.GENERATED
+
+    # -- rotate ---------------------------------------------------------------
+
+    async def rotate(self, name: str, reason: Reason, *, actor: str) -> VersionMeta:
+        """Make a newly generated version current; the old one becomes previous.
+
+        The new version, the event and the audit record are written in one
+        transaction: after a crash, either all of them exist or none.
+
+        Raises:
+            InvalidRequest: the name breaks the grammar.
+            SecretNotFound: there is no such secret.
+            NotRotatable: the secret's value is imported, not generated.
+        """
+        with self._audited(actor, "rotate", name, None):
+            check_name(name)
+            if name not in self._secrets:
+                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            policy = self._policies.get(name)
+            if policy is None or policy.source is Source.IMPORTED:
+                raise NotRotatable(
+                    f"secret '{name}' is imported; the service does not generate it",
+                    name=name,
+                )
+            meta = await self._rotate(policy, reason, actor)
+
+        logger.info("rotated %s to version %d (%s)", name, meta.version, reason.value)
+        self.hub.publish()
+        return meta
+
+    async def _rotate(
+        self, policy: SecretPolicy, reason: Reason, actor: str
+    ) -> VersionMeta:
+        name = policy.name
+        now = self._clock()
+        ring = self._keyring
+
+        async with self._store.write() as tx:
+            record = await tx.lock_secret(name)
+            if record is None:
+                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            old = record.current.version
+            version = max(record.versions) + 1
+            if policy.source is Source.DATA_KEY:
+                ring, new, stored = await self._new_data_key(
+                    tx, policy, version, reason, now, actor
+                )
+            else:
+                value = generate_value(policy).encode()
+                stored = ring.seal(name, version, value)
+                new = _new_version(policy, version, stored, reason, now, actor)
+            await tx.promote(new, encrypted_value=stored)
+            await tx.append_event(name, old, version, reason, now)
+            await tx.append_audit(
+                [self.audit.make(actor, "rotate", "ok", name, version, reason.value)]
+            )
+
+        self._keyring = ring
+        await self._reload([name])
+        return VersionMeta(
+            name=name,
+            version=version,
+            stage=Stage.CURRENT,
+            created_at=now,
+            reason=reason,
+            next_rotation_due=new.next_rotation_due,
+        )
+
+    async def due(self, now: datetime) -> list[str]:
+        """Return the names of the secrets that fall due at ``now``."""
+        async with self._store.read() as tx:
+            return await tx.due_secrets(now)
+
+    def next_due(self, name: str) -> datetime | None:
+        """Return when a secret next falls due, as last loaded."""
+        record = self._secrets.get(name)
+        return record.next_rotation_due if record else None
+
+    def policy(self, name: str) -> SecretPolicy | None:
+        """Return the catalog's policy of a secret."""
+        return self._policies.get(name)
+
+    # -- watch ----------------------------------------------------------------
+
+    async def watch(
+        self, since_event_id: int, names: Sequence[str], *, actor: str
+    ) -> AsyncGenerator[RotationEventRecord]:
+        """Yield events after ``since_event_id``, then new ones as they come.
+
+        The stream ends when the manager closes.
+        """
+        with self._audited(actor, "watch", None, None):
+            for name in names:
+                check_name(name)
+            if since_event_id < 0:
+                raise InvalidRequest("since_event_id must not be negative")
+        self.audit.record(actor, "watch", "ok", detail=f"since {since_event_id}")
+
+        cursor = since_event_id
+        while not self.hub.closed:
+            # Taken before the read, so an event committed after it wakes us.
+            changed = self.hub.changed
+            async with self._store.read() as tx:
+                batch = await tx.events_after(cursor, names)
+            for event in batch:
+                yield event
+                cursor = event.event_id
+            if not batch:
+                await self.hub.wait(changed, WATCH_POLL_SECONDS)
+
+
+def _check_user_id(user_id: str) -> None:
+    if not user_id or not user_id.strip():
+        raise InvalidRequest("user_id is empty")
+    if len(user_id) > MAX_USER_ID_LENGTH or not user_id.isprintable():
+        raise InvalidRequest(
+            f"user_id must be printable and at most {MAX_USER_ID_LENGTH} characters"
+        )
+
+
+def _check_version(version: int) -> None:
+    if version < 0:
+        raise InvalidRequest(f"version {version} is negative")
+    if version > MAX_VERSION:
+        raise InvalidRequest(f"version {version} is out of range")
+
+
+def _new_version(
+    policy: SecretPolicy,
+    version: int,
+    sealed: bytes | None,
+    reason: Reason,
+    now: datetime,
+    actor: str,
+) -> NewVersion:
+    interval = policy.rotation_interval_days
+    due = now + timedelta(days=interval) if interval else None
+    return NewVersion(
+        name=policy.name,
+        version=version,
+        sealed_value=sealed,
+        key_term=crypto.Keyring.term_of(sealed) if sealed else None,
+        reason=reason,
+        created_at=now,
+        created_by=actor,
+        next_rotation_due=due,
+    )

@@ -1,0 +1,448 @@
+"""The async repository: every read and write of the store goes through here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from secretsvc.errors import StoreUnavailable
+from secretsvc.model import (
+    AuditRecord,
+    MasterUser,
+    NewVersion,
+    Reason,
+    RotationEventRecord,
+    SecretRecord,
+    Stage,
+    StoreMeta,
+    VersionRecord,
+)
+from secretsvc.store import tables as t
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+_IMMEDIATE = "secretsvc_immediate"
+# Any constant will do: it names the lock that serializes event ids.
+_EVENT_LOCK_ID = 0x5EC7E75
+
+
+def redact_url(url: str) -> str:
+    """Return the database URL with its password hidden, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Store:
+    """The secrets database: SQLite embedded, or PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        # SQLite takes one writer at a time; queueing writers here instead of
+        # on the file lock spares them the busy-wait.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Create the engine for ``url``; the file's folder is made for SQLite."""
+        parsed = make_url(url)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
+        engine = create_async_engine(url, connect_args=connect_args)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+
+        return cls(engine)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[StoreTransaction]:
+        """Run reads in one transaction."""
+        async with self._connect() as conn, conn.begin():
+            yield StoreTransaction(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[StoreTransaction]:
+        """Run reads and writes in one transaction, committed on exit."""
+        if self._write_lock is None:
+            async with self._connect() as conn, conn.begin():
+                yield StoreTransaction(conn)
+            return
+        async with self._write_lock, self._connect() as conn:
+            conn = await conn.execution_options(**{_IMMEDIATE: True})
+            async with conn.begin():
+                yield StoreTransaction(conn)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            raise StoreUnavailable("the store cannot be reached") from error
+
+    async def has_schema(self) -> bool:
+        """Tell whether the store's tables exist yet."""
+        async with self._connect() as conn:
+            return await conn.run_sync(
+                lambda sync: sa.inspect(sync).has_table("store_meta")
+            )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """Take transactions in hand: WAL, and BEGIN IMMEDIATE for writers."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction that
+        # upgrades later can fail at once instead of waiting its turn.
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _secret_from_row(row: Any) -> SecretRecord:
+    return SecretRecord(
+        name=row.name,
+        min_length=row.min_length,
+        rotation_interval_days=row.rotation_interval_days,
+        last_rotated_at=row.last_rotated_at,
+        next_rotation_due=row.next_rotation_due,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+def _version_from_row(row: Any) -> VersionRecord:
+    return VersionRecord(
+        version=row.version,
+        stage=Stage(row.stage),
+        sealed_value=row.sealed_value,
+        key_term=row.key_term,
+        reason=Reason(row.reason),
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
+
+
+def _event_from_row(row: Any) -> RotationEventRecord:
+    return RotationEventRecord(
+        event_id=row.id,
+        name=row.secret_name,
+        old_version=row.old_version,
+        new_version=row.new_version,
+        reason=Reason(row.reason),
+        created_at=row.created_at,
+    )
+
+
+class StoreTransaction:
+    """The store's operations, all inside one open transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._dialect = conn.dialect.name
+
+    async def run_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run a function of a synchronous connection, such as a migration."""
+        return await self._conn.run_sync(fn)
+
+    async def _insert_ignoring_conflict(
+        self, table: sa.Table, values: dict[str, Any]
+    ) -> None:
+        insert: Any
+        if self._dialect == "postgresql":
+            insert = postgresql.insert(table)
+        else:
+            insert = sqlite.insert(table)
+        await self._conn.execute(insert.values(**values).on_conflict_do_nothing())
+
+    # -- root key and keyring -------------------------------------------------
+
+    async def meta(self) -> StoreMeta | None:
+        """Return the root key's salt and verifier, or None on a new store."""
+        query = sa.select(t.store_meta.c.key_salt, t.store_meta.c.key_verifier)
+        row = (await self._conn.execute(query)).one_or_none()
+        return None if row is None else StoreMeta(row.key_salt, row.key_verifier)
+
+    async def claim_meta(self, meta: StoreMeta, at: datetime) -> StoreMeta:
+        """Write ``meta`` unless the store has one; return what is stored."""
+        values = {
+            "id": 1,
+            "key_salt": meta.key_salt,
+            "key_verifier": meta.key_verifier,
+            "created_at": at,
+        }
+        await self._insert_ignoring_conflict(t.store_meta, values)
+        stored = await self.meta()
+        assert stored is not None
+
+        return stored
+
+    async def key_terms(self) -> list[tuple[int, bytes]]:
+        """Return every keyring term with its wrapped data key."""
+        query = sa.select(t.keyring.c.term, t.keyring.c.wrapped_key).order_by(
+            t.keyring.c.term
+        )
+        return [(row.term, row.wrapped_key) for row in await self._conn.execute(query)]
+
+    async def last_key_term(self) -> int:
+        """Return the newest keyring term, 0 when the ring is empty."""
+        query = sa.select(sa.func.max(t.keyring.c.term))
+        return (await self._conn.execute(query)).scalar_one() or 0
+
+    async def add_key_term(self, term: int, wrapped_key: bytes, at: datetime) -> None:
+        """Add a data key to the keyring."""
+        values = {"term": term, "wrapped_key": wrapped_key, "created_at": at}
+        await self._conn.execute(sa.insert(t.keyring).values(**values))
+
+    # -- master user ----------------------------------------------------------
+
+    async def master_user(self) -> MasterUser | None:
+        """Return the master user, or None before the first login."""
+        query = sa.select(t.master_user.c.user_id, t.master_user.c.created_at)
+        row = (await self._conn.execute(query)).one_or_none()
+        return None if row is None else MasterUser(row.user_id, row.created_at)
+
+    async def claim_master(self, user_id: str, at: datetime) -> MasterUser:
+        """Make ``user_id`` master unless someone is; return who is."""
+        values = {"id": 1, "user_id": user_id, "created_at": at}
+        await self._insert_ignoring_conflict(t.master_user, values)
+        master = await self.master_user()
+        assert master is not None
+
+        return master
+
+    # -- secrets and versions -------------------------------------------------
+
+    async def secrets(self, names: Sequence[str] | None = None) -> list[SecretRecord]:
+        """Return the active secrets (or those named) with all their versions."""
+        s, v = t.application_secrets, t.secret_versions
+        query = sa.select(s).where(s.c.is_active).order_by(s.c.name)
+        if names is not None:
+            query = query.where(s.c.name.in_(names))
+        rows = (await self._conn.execute(query)).all()
+        records = {row.id: _secret_from_row(row) for row in rows}
+        if not records:
+            return []
+
+        versions = sa.select(v).where(v.c.secret_id.in_(records))
+        for row in await self._conn.execute(versions):
+            records[row.secret_id].versions[row.version] = _version_from_row(row)
+
+        return list(records.values())
+
+    async def secret_names(self) -> set[str]:
+        """Return the names of every secret, active or not."""
+        query = sa.select(t.application_secrets.c.name)
+        return set((await self._conn.execute(query)).scalars())
+
+    async def lock_secret(self, name: str) -> SecretRecord | None:
+        """Load one secret and hold its row until the transaction ends."""
+        s = t.application_secrets
+        query = sa.select(s.c.id).where(s.c.name == name, s.c.is_active)
+        # SQLite has no row locks; its writers already run one at a time.
+        row = (await self._conn.execute(query.with_for_update())).one_or_none()
+        if row is None:
+            return None
+        found = await self.secrets([name])
+
+        return found[0] if found else None
+
+    async def create_secret(
+        self,
+        first: NewVersion,
+        *,
+        encrypted_value: bytes,
+        min_length: int,
+        interval_days: int | None,
+    ) -> None:
+        """Insert a new secret with its first version, current."""
+        values = {
+            "name": first.name,
+            "encrypted_value": encrypted_value,
+            "min_length": min_length,
+            "rotation_interval_days": interval_days,
+            "last_rotated_at": first.created_at,
+            "next_rotation_due": first.next_rotation_due,
+            "created_by": first.created_by,
+            "is_active": True,
+            "created_at": first.created_at,
+            "updated_at": first.created_at,
+        }
+        result = await self._conn.execute(
+            sa.insert(t.application_secrets).values(**values)
+        )
+        assert result.inserted_primary_key is not None
+        secret_id = int(result.inserted_primary_key[0])
+        await self._insert_version(secret_id, first, Stage.CURRENT)
+
+    async def promote(self, new: NewVersion, *, encrypted_value: bytes) -> None:
+        """Make ``new`` current, the current one previous, the previous retired."""
+        s, v = t.application_secrets, t.secret_versions
+        secret_id = (
+            await self._conn.execute(sa.select(s.c.id).where(s.c.name == new.name))
+        ).scalar_one()
+        for old, demoted in (
+            (Stage.PREVIOUS, Stage.RETIRED),
+            (Stage.CURRENT, Stage.PREVIOUS),
+        ):
+            await self._conn.execute(
+                sa.update(v)
+                .where(v.c.secret_id == secret_id, v.c.stage == old)
+                .values(stage=demoted)
+            )
+        await self._insert_version(secret_id, new, Stage.CURRENT)
+        await self._conn.execute(
+            sa.update(s)
+            .where(s.c.id == secret_id)
+            .values(
+                encrypted_value=encrypted_value,
+                last_rotated_at=new.created_at,
+                next_rotation_due=new.next_rotation_due,
+                updated_at=new.created_at,
+            )
+        )
+
+    async def _insert_version(
+        self, secret_id: int, new: NewVersion, stage: Stage
+    ) -> None:
+        values = {
+            "secret_id": secret_id,
+            "version": new.version,
+            "stage": stage.value,
+            "sealed_value": new.sealed_value,
+            "key_term": new.key_term,
+            "reason": new.reason.value,
+            "created_at": new.created_at,
+            "created_by": new.created_by,
+        }
+        await self._conn.execute(sa.insert(t.secret_versions).values(**values))
+
+    async def postpone(self, name: str, due: datetime | None) -> None:
+        """Set when a secret next falls due, without a new version."""
+        s = t.application_secrets
+        await self._conn.execute(
+            sa.update(s).where(s.c.name == name).values(next_rotation_due=due)
+        )
+
+    async def due_secrets(self, now: datetime) -> list[str]:
+        """Return the names of active secrets due at ``now``, the most overdue first."""
+        s = t.application_secrets
+        query = (
+            sa.select(s.c.name)
+            .where(s.c.is_active, s.c.next_rotation_due <= now)
+            .order_by(s.c.next_rotation_due)
+        )
+        return list((await self._conn.execute(query)).scalars())
+
+    # -- events and audit -----------------------------------------------------
+
+    async def append_event(
+        self,
+        name: str,
+        old_version: int,
+        new_version: int,
+        reason: Reason,
+        at: datetime,
+    ) -> RotationEventRecord:
+        """Append a rotation event; ids increase in the order of commits."""
+        if self._dialect == "postgresql":
+            # Sequences hand out ids in call order, not commit order; one
+            # appender at a time keeps a reader from skipping a late commit.
+            await self._conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_EVENT_LOCK_ID))
+            )
+        values = {
+            "secret_name": name,
+            "old_version": old_version,
+            "new_version": new_version,
+            "reason": reason.value,
+            "created_at": at,
+        }
+        result = await self._conn.execute(
+            sa.insert(t.rotation_events).values(**values).returning(t.rotation_events)
+        )
+
+        return _event_from_row(result.one())
+
+    async def events_after(
+        self, event_id: int, names: Iterable[str] = (), limit: int = 500
+    ) -> list[RotationEventRecord]:
+        """Return up to ``limit`` events after ``event_id``, oldest first."""
+        e = t.rotation_events
+        query = sa.select(e).where(e.c.id > event_id).order_by(e.c.id).limit(limit)
+        wanted = list(names)
+        if wanted:
+            query = query.where(e.c.secret_name.in_(wanted))
+
+        return [_event_from_row(row) for row in await self._conn.execute(query)]
+
+    async def last_event_id(self) -> int:
+        """Return the newest event id, 0 when the log is empty."""
+        query = sa.select(sa.func.max(t.rotation_events.c.id))
+        return (await self._conn.execute(query)).scalar_one() or 0
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Write audit records."""
+        if not records:
+            return
+        rows = [
+            {
+                "at": r.at,
+                "actor": r.actor,
+                "action": r.action,
+                "secret_name": r.name,
+                "version": r.version,
+                "outcome": r.outcome,
+                "detail": r.detail,
+            }
+            for r in records
+        ]
+        await self._conn.execute(sa.insert(t.audit_records), rows)
+
+    async def audit_records(self, limit: int = 1000) -> list[AuditRecord]:
+        """Return the newest audit records, newest first."""
+        a = t.audit_records
+        query = sa.select(a).order_by(a.c.id.desc()).limit(limit)
+        return [
+            AuditRecord(
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                outcome=row.outcome,
+                name=row.secret_name,
+                version=row.version,
+                detail=row.detail,
+            )
+            for row in await self._conn.execute(query)
+        ]

@@ -1,0 +1,180 @@
+"""Shared test helpers: a settable clock, polling, servers in and out of process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from secretsvc_client import SecretsClient
+
+from secretsvc.config import Settings
+from secretsvc.server.app import SecretsServer
+
+T = TypeVar("T")
+
+ROOT_KEY = "test-root-key-0123456789-abcdefghijklmnop"
+OTHER_ROOT_KEY = "another-root-key-9876543210-zyxwvutsrqpo"
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+async def poll_until(
+    check: Callable[[], Awaitable[T]], *, within: float = 10.0, every: float = 0.02
+) -> T:
+    """Call ``check`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s: {result!r}")
+        await asyncio.sleep(every)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@dataclass
+class RunningServer:
+    """A server running in this process, with a client connected to it."""
+
+    server: SecretsServer
+    client: SecretsClient
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+@asynccontextmanager
+async def running_server(
+    database_url: str,
+    *,
+    clock: FakeClock | None = None,
+    environ: Mapping[str, str] | None = None,
+    root_key: str = ROOT_KEY,
+    rotation_interval: float = 3600.0,
+    listen: str = "127.0.0.1:0",
+) -> AsyncIterator[RunningServer]:
+    """Run a real server on 127.0.0.1, port 0, and connect the real client."""
+    settings = Settings(
+        listen=listen,
+        database_url=database_url,
+        rotation_interval=rotation_interval,
+        shutdown_grace=1.0,
+    )
+    server = SecretsServer(
+        settings, root_key, clock=clock or FakeClock(), environ=environ or {}
+    )
+    await server.start()
+    client = SecretsClient(f"127.0.0.1:{server.port}", timeout=10, wait_for_ready=True)
+    try:
+        yield RunningServer(server, client)
+    finally:
+        await client.close()
+        await server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A ``secretsvc serve`` process, its output kept in a file."""
+
+    def __init__(self, workdir: Path, database_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SECRETSVC_")},
+            "SECRETSVC_LISTEN": self.target,
+            "SECRETSVC_DATABASE_URL": database_url,
+            **env,
+        }
+        for name in ("PASSWORD_MASTER_KEY", "PASSWORD_MASTER_KEY_FILE"):
+            if name not in env:
+                self.env.pop(name, None)
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str) -> ServerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "secretsvc", "serve", *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    async def wait_ready(self, within: float = 15.0) -> None:
+        async def listening() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.output()}")
+            return "listening on" in self.output()
+
+        await poll_until(listening, within=within, every=0.05)
+
+    def run_to_exit(self, timeout: float = 20.0) -> int:
+        self.start()
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class LogCollector(logging.Handler):
+    """Keep every log record's full text, traceback included."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)

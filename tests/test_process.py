@@ -1,0 +1,214 @@
+"""The ``secretsvc`` command as a real process: keys, shutdown, the CLI."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from secretsvc_client import SecretsClient
+
+from tests.conftest import assert_no_leak
+from tests.helpers import OTHER_ROOT_KEY, ROOT_KEY, ServerProcess, sqlite_url
+
+
+def dump(db_path: Path) -> list[str]:
+    with sqlite3.connect(db_path) as conn:
+        return list(conn.iterdump())
+
+
+def one_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "secrets.db"
+
+
+def test_missing_root_key_exits_with_one_line(tmp_path: Path, db_path: Path) -> None:
+    """Without a root key the server exits non-zero and says which is missing."""
+    server = ServerProcess(tmp_path, sqlite_url(db_path))
+
+    code = server.run_to_exit()
+
+    assert code != 0
+    assert "PASSWORD_MASTER_KEY" in one_line(server.output())
+    assert not db_path.exists()
+
+
+def test_short_root_key_exits_with_one_line(tmp_path: Path, db_path: Path) -> None:
+    """A root key under 32 characters is refused before anything is opened."""
+    server = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY="x" * 31)
+
+    code = server.run_to_exit()
+
+    assert code != 0
+    assert "at least 32" in one_line(server.output())
+    assert not db_path.exists()
+
+
+def test_unreadable_key_file_exits_with_one_line(tmp_path: Path, db_path: Path) -> None:
+    """A key file that cannot be read is named in the one line."""
+    missing = tmp_path / "no-such-key"
+    server = ServerProcess(
+        tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY_FILE=str(missing)
+    )
+
+    assert server.run_to_exit() != 0
+    line = one_line(server.output())
+    assert "PASSWORD_MASTER_KEY_FILE" in line
+    assert str(missing) in line
+
+
+async def test_wrong_root_key_is_refused_before_any_write(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """A store made with one root key refuses another, and is left untouched."""
+    first = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY)
+    first.start()
+    try:
+        await first.wait_ready()
+        async with SecretsClient(first.target) as client:
+            await client.initialize("alice")
+    finally:
+        assert first.terminate() == 0
+    before = dump(db_path)
+
+    second = ServerProcess(
+        tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=OTHER_ROOT_KEY
+    )
+    code = second.run_to_exit()
+
+    assert code != 0
+    assert (
+        "root key (PASSWORD_MASTER_KEY) does not match this store"
+        in (second.output().splitlines()[-1])
+    )
+    assert dump(db_path) == before
+
+
+async def test_key_file_opens_the_same_store(tmp_path: Path, db_path: Path) -> None:
+    """The root key may come from PASSWORD_MASTER_KEY_FILE instead."""
+    key_file = tmp_path / "root.key"
+    key_file.write_text(ROOT_KEY + "\n")
+    server = ServerProcess(
+        tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY_FILE=str(key_file)
+    )
+    server.start()
+    try:
+        await server.wait_ready()
+        async with SecretsClient(server.target) as client:
+            result = await client.initialize("alice")
+    finally:
+        assert server.terminate() == 0
+
+    assert result.is_master
+
+
+async def test_sigterm_ends_streams_and_exits_zero(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """SIGTERM with a watch open: the stream ends, the loop stops, exit 0."""
+    server = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY)
+    server.start()
+    try:
+        await server.wait_ready()
+        async with SecretsClient(server.target) as client:
+            await client.initialize("alice")
+            events = client.watch()
+            await anext(events)
+
+            code = server.terminate(timeout=10)
+            await events.aclose()
+    finally:
+        server.kill()
+
+    assert code == 0
+    output = server.output()
+    assert "rpc WatchRotations status=OK" in output
+    assert "rotation loop stopped" in output
+    assert output.rstrip().endswith("secretsvc stopped")
+
+
+def run_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SECRETSVC_TARGET": target}
+    return subprocess.run(
+        [sys.executable, "-m", "secretsvc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_cli_walkthrough(tmp_path: Path, db_path: Path) -> None:
+    """init, get, rotate, list and watch work against a served store."""
+    server = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY)
+    server.start()
+    try:
+        await server.wait_ready()
+        init = run_cli(server.target, "init", "--user", "alice")
+        first = run_cli(server.target, "get", "JWT_SECRET")
+        rotate = run_cli(server.target, "rotate", "JWT_SECRET")
+        second = run_cli(server.target, "get", "JWT_SECRET")
+        old = run_cli(server.target, "get", "JWT_SECRET", "--version", "1")
+        listing = run_cli(server.target, "list")
+        denied = run_cli(server.target, "get", "PASSWORD_MASTER_KEY")
+        missing = run_cli(server.target, "get", "NOPE")
+        with subprocess.Popen(
+            [sys.executable, "-m", "secretsvc", "watch", "--target", server.target],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as watch:
+            assert watch.stdout is not None
+            lines = [watch.stdout.readline() for _ in range(4)]
+            watch.terminate()
+    finally:
+        assert server.terminate() == 0
+
+    assert init.returncode == 0, init.stderr
+    assert "master user: alice (you)" in init.stdout
+    assert "skipped: DATABASE_URL" in init.stdout
+    assert rotate.returncode == 0
+    assert "JWT_SECRET is now version 2" in rotate.stdout
+    assert first.stdout != second.stdout
+    assert old.stdout == first.stdout
+    assert "JWT_SECRET" in listing.stdout
+    assert first.stdout.strip() not in listing.stdout
+    assert denied.returncode == 1
+    assert "permission_denied" in denied.stderr
+    assert missing.returncode == 1
+    assert "not_found" in missing.stderr
+    assert "JWT_SECRET v1 -> v2 MANUAL" in lines[3]
+    values = [first.stdout.strip(), second.stdout.strip()]
+    assert_no_leak(values, server.output(), rotate.stdout, listing.stdout, *lines)
+
+
+async def test_dev_key_file_is_created_private(tmp_path: Path, db_path: Path) -> None:
+    """With --dev-key-file and no root key, a 0600 key file is made and reused."""
+    key_file = tmp_path / "var" / "dev-root-key"
+    server = ServerProcess(tmp_path, sqlite_url(db_path))
+    server.start("--dev-key-file", str(key_file))
+    try:
+        await server.wait_ready()
+    finally:
+        assert server.terminate() == 0
+
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_text().strip()) >= 32
+    assert "using the development key file" in server.output()
+
+    again = ServerProcess(tmp_path, sqlite_url(db_path))
+    again.start("--dev-key-file", str(key_file))
+    try:
+        await again.wait_ready()
+    finally:
+        assert again.terminate() == 0
