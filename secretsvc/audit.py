@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from secretsvc.errors import StoreUnavailable
 from secretsvc.model import AuditRecord
 from secretsvc.store import Store
 
@@ -96,10 +97,27 @@ class AuditTrail:
         try:
             async with self._store.write() as tx:
                 await tx.append_audit(batch)
-        except Exception:
+        except StoreUnavailable:
             # Keep the records for the next flush rather than lose them.
             self._pending[:0] = batch
             raise
+        except Exception:
+            # One bad record must not hold back the rest forever.
+            await self._write_one_by_one(batch)
+
+    async def _write_one_by_one(self, batch: list[AuditRecord]) -> None:
+        for record in batch:
+            try:
+                async with self._store.write() as tx:
+                    await tx.append_audit([record])
+            except StoreUnavailable:
+                self._pending.append(record)
+            except Exception:
+                logger.exception(
+                    "audit record of %s %s could not be written; dropped",
+                    record.action,
+                    record.name,
+                )
 
     async def _run(self) -> None:
         while not self._stopping:

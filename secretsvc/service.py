@@ -235,6 +235,8 @@ class SecretManager:
         # the error message describes it instead.
         if name is not None and not NAME_PATTERN.fullmatch(name):
             name = None
+        if version is not None and not 0 < version <= MAX_VERSION:
+            version = None
         try:
             yield
         except SecretsError as error:

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from secretsvc.store import tables
+from tests import postgres
 from tests.helpers import (
     FakeClock,
     LogCollector,
@@ -24,9 +25,18 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "secrets.db"
 
 
-@pytest.fixture
-def db_url(db_path: Path) -> str:
-    return sqlite_url(db_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
+    """Give each test an empty store: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield sqlite_url(db_path)
+        return
+    postgres.require_postgres()
+    name, url = await postgres.create_database()
+    try:
+        yield url
+    finally:
+        await postgres.drop_database(name)
 
 
 @pytest.fixture

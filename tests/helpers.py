@@ -15,12 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from secretsvc_client import SecretsClient
+from sqlalchemy.sql import Executable
 
 from secretsvc.config import Settings
 from secretsvc.server.app import SecretsServer
+from secretsvc.store import Store
 
 T = TypeVar("T")
 
@@ -57,6 +59,20 @@ async def poll_until(
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+async def execute_sql(url: str, *statements: Executable) -> list[Any]:
+    """Run statements on a store from outside the server, as an intruder would."""
+    store = Store.open(url)
+    results = []
+    try:
+        async with store.engine.begin() as conn:
+            for statement in statements:
+                result = await conn.execute(statement)
+                results.append(result.all() if result.returns_rows else None)
+    finally:
+        await store.close()
+    return results
 
 
 @dataclass

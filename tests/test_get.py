@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from secretsvc_client import (
     DataLossError,
     InvalidArgumentError,
@@ -16,7 +15,8 @@ from secretsvc_client import (
 )
 from sqlalchemy import event
 
-from tests.helpers import FakeClock, RunningServer, running_server
+from secretsvc.store import tables
+from tests.helpers import FakeClock, RunningServer, execute_sql, running_server
 
 BAD_NAMES = {
     "empty": "",
@@ -133,31 +133,33 @@ async def test_read_costs_no_database_round_trip(running: RunningServer) -> None
     assert statements == []
 
 
-CSRF_ID = "(SELECT id FROM application_secrets WHERE name = 'CSRF_SECRET')"
-CSRF_VERSION_1 = f"SELECT sealed_value FROM secret_versions WHERE secret_id = {CSRF_ID}"  # noqa: S608
-UPDATE_CSRF_VERSION_1 = (
-    f"UPDATE secret_versions SET sealed_value = ? WHERE secret_id = {CSRF_ID}"  # noqa: S608
-)
+def version_row(name: str, version: int = 1) -> sa.ColumnElement[bool]:
+    s, v = tables.application_secrets, tables.secret_versions
+    secret_id = sa.select(s.c.id).where(s.c.name == name).scalar_subquery()
+    return sa.and_(v.c.secret_id == secret_id, v.c.version == version)
 
 
-def _corrupt(db_path: Path, sql: str, *params: Any) -> None:
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(sql, params)
+def sealed_of(name: str) -> sa.Select[tuple[bytes]]:
+    v = tables.secret_versions
+    return sa.select(v.c.sealed_value).where(version_row(name))
 
 
 async def test_flipped_byte_is_data_loss_for_that_secret_only(
-    db_path: Path, db_url: str, clock: FakeClock
+    db_url: str, clock: FakeClock
 ) -> None:
     """A damaged ciphertext fails with DATA_LOSS; other secrets are still served."""
     async with running_server(db_url, clock=clock) as server:
         await server.client.initialize("alice")
         jwt = await server.client.get("JWT_SECRET")
 
-    with sqlite3.connect(db_path) as conn:
-        (sealed,) = conn.execute(CSRF_VERSION_1).fetchone()
-        flipped = bytearray(sealed)
-        flipped[-5] ^= 0x01
-        conn.execute(UPDATE_CSRF_VERSION_1, (bytes(flipped),))
+    [[(sealed,)]] = await execute_sql(db_url, sealed_of("CSRF_SECRET"))
+    flipped = bytearray(sealed)
+    flipped[-5] ^= 0x01
+    v = tables.secret_versions
+    await execute_sql(
+        db_url,
+        sa.update(v).where(version_row("CSRF_SECRET")).values(sealed_value=flipped),
+    )
 
     async with running_server(db_url, clock=clock) as server:
         with pytest.raises(DataLossError, match="'CSRF_SECRET' version 1 is damaged"):
@@ -166,20 +168,17 @@ async def test_flipped_byte_is_data_loss_for_that_secret_only(
 
 
 async def test_ciphertext_copied_to_another_secret_does_not_open(
-    db_path: Path, db_url: str, clock: FakeClock
+    db_url: str, clock: FakeClock
 ) -> None:
     """JWT_SECRET's ciphertext pasted onto CSRF_SECRET's row is DATA_LOSS."""
     async with running_server(db_url, clock=clock) as server:
         await server.client.initialize("alice")
 
-    _corrupt(
-        db_path,
-        "UPDATE secret_versions SET sealed_value = ("
-        " SELECT v.sealed_value FROM secret_versions v"
-        " JOIN application_secrets s ON s.id = v.secret_id"
-        " WHERE s.name = 'JWT_SECRET') "
-        "WHERE secret_id = (SELECT id FROM application_secrets "
-        "WHERE name = 'CSRF_SECRET')",
+    [[(sealed,)]] = await execute_sql(db_url, sealed_of("JWT_SECRET"))
+    v = tables.secret_versions
+    await execute_sql(
+        db_url,
+        sa.update(v).where(version_row("CSRF_SECRET")).values(sealed_value=sealed),
     )
 
     async with running_server(db_url, clock=clock) as server:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +15,7 @@ from tests.helpers import (
     FakeClock,
     LogCollector,
     RunningServer,
+    execute_sql,
     poll_until,
     running_server,
 )
@@ -191,21 +190,23 @@ async def test_scheduler_leaves_imported_secret_and_says_so(
 
 
 async def test_failed_tick_is_logged_and_retried(
-    db_path: Path, db_url: str, clock: FakeClock, logs: LogCollector
+    db_url: str, clock: FakeClock, logs: LogCollector
 ) -> None:
-    """A tick that cannot reach the store is logged; the next one rotates."""
+    """A tick that cannot read the store is logged; the next one rotates."""
     async with running_server(db_url, clock=clock, rotation_interval=0.05) as server:
         await server.client.initialize("alice")
-        with sqlite3.connect(db_path) as conn:
-            conn.execute("ALTER TABLE application_secrets RENAME TO hidden")
+        await execute_sql(
+            db_url, sa.text("ALTER TABLE application_secrets RENAME TO hidden")
+        )
         clock.advance(days=91)
 
         async def tick_failed() -> bool:
             return "rotation tick failed" in logs.text()
 
         await poll_until(tick_failed)
-        with sqlite3.connect(db_path) as conn:
-            conn.execute("ALTER TABLE hidden RENAME TO application_secrets")
+        await execute_sql(
+            db_url, sa.text("ALTER TABLE hidden RENAME TO application_secrets")
+        )
 
         async def jwt_rotated() -> bool:
             return (await server.client.get("JWT_SECRET")).version == 2

@@ -227,9 +227,15 @@ class StoreTransaction:
 
     # -- master user ----------------------------------------------------------
 
-    async def master_user(self) -> MasterUser | None:
-        """Return the master user, or None before the first login."""
+    async def master_user(self, *, lock: bool = False) -> MasterUser | None:
+        """Return the master user, or None before the first login.
+
+        With ``lock``, hold the row until the transaction ends, so that
+        initializations run one at a time.
+        """
         query = sa.select(t.master_user.c.user_id, t.master_user.c.created_at)
+        if lock:
+            query = query.with_for_update()
         row = (await self._conn.execute(query)).one_or_none()
         return None if row is None else MasterUser(row.user_id, row.created_at)
 
@@ -237,7 +243,7 @@ class StoreTransaction:
         """Make ``user_id`` master unless someone is; return who is."""
         values = {"id": 1, "user_id": user_id, "created_at": at}
         await self._insert_ignoring_conflict(t.master_user, values)
-        master = await self.master_user()
+        master = await self.master_user(lock=True)
         assert master is not None
 
         return master
