@@ -17,14 +17,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from secretsvc_client import SecretsClient
 from sqlalchemy.sql import Executable
 
 from secretsvc.config import Settings
+from secretsvc.crypto import Keyring, RootKey, SealError
 from secretsvc.server.app import SecretsServer
-from secretsvc.store import Store
+from secretsvc.store import Store, tables
 
 T = TypeVar("T")
+
+# The log collector of the running test, set by the autouse ``logs`` fixture.
+LOGS: LogCollector | None = None
 
 ROOT_KEY = "test-root-key-0123456789-abcdefghijklmnop"
 OTHER_ROOT_KEY = "another-root-key-9876543210-zyxwvutsrqpo"
@@ -109,11 +114,60 @@ async def running_server(
     )
     await server.start()
     client = SecretsClient(f"127.0.0.1:{server.port}", timeout=10, wait_for_ready=True)
+    running = RunningServer(server, client)
     try:
-        yield RunningServer(server, client)
+        yield running
+        values = await stored_values(server.store, root_key)
+        await server.manager.audit.flush()
+        trail = await audit_text(server.store)
     finally:
         await client.close()
         await server.stop()
+    # Every in-process server of the suite ends with this scan.
+    assert_no_leak(values, LOGS.text() if LOGS else "", trail)
+
+
+async def stored_values(store: Store, root_key: str) -> list[str]:
+    """Open every stored version of every secret with the root key.
+
+    Versions that a test damaged on purpose are passed over.
+    """
+    async with store.read() as tx:
+        meta = await tx.meta()
+        terms = await tx.key_terms()
+        records = await tx.secrets()
+    if meta is None:
+        return []
+    root = RootKey(root_key, meta.key_salt)
+    ring = Keyring()
+    for term, wrapped in terms:
+        ring = ring.with_term(term, root.unwrap(term, wrapped))
+
+    values = []
+    for record in records:
+        for version in record.versions.values():
+            if version.sealed_value is None:
+                continue
+            try:
+                plain = ring.open(record.name, version.version, version.sealed_value)
+            except SealError:
+                continue
+            values.append(plain.decode())
+    return values
+
+
+async def audit_text(store: Store) -> str:
+    """Return every audit record as text."""
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(tables.audit_records))).all()
+    return "\n".join(repr(tuple(row)) for row in rows)
+
+
+def assert_no_leak(values: list[str], *texts: str) -> None:
+    """Fail when any secret value appears in any of ``texts``."""
+    for value in values:
+        for text in texts:
+            assert value not in text, "a secret value reached a log or audit record"
 
 
 def free_port() -> int:

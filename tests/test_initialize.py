@@ -7,8 +7,13 @@ import asyncio
 import pytest
 from secretsvc_client import InvalidArgumentError, SecretsClient
 
-from tests.conftest import assert_no_leak, secret_values
-from tests.helpers import FakeClock, LogCollector, RunningServer, running_server
+from tests.helpers import (
+    FakeClock,
+    LogCollector,
+    RunningServer,
+    assert_no_leak,
+    running_server,
+)
 
 REQUIRED = {"JWT_SECRET", "CSRF_SECRET", "PASSWORD_MASTER_KEY"}
 
@@ -99,13 +104,13 @@ async def test_database_url_is_imported_when_set(
         result = await server.client.initialize("alice")
         secret = await server.client.get("DATABASE_URL")
         listed = {s.name: s for s in await server.client.list()}
-        values = await secret_values(server)
 
     assert "DATABASE_URL" in result.generated
     assert result.skipped == ()
     assert secret.value == url
     assert listed["DATABASE_URL"].imported
-    assert_no_leak([*values, "s3cr3t-imported-password"], logs.text())
+    # The scan at the server's stop covers the whole URL; this covers its password.
+    assert_no_leak(["s3cr3t-imported-password"], logs.text())
 
 
 async def test_database_url_imported_on_a_later_login(

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from secretsvc_client import SecretsClient
 
-from tests.conftest import assert_no_leak
-from tests.helpers import OTHER_ROOT_KEY, ROOT_KEY, ServerProcess, sqlite_url
+from tests.helpers import (
+    OTHER_ROOT_KEY,
+    ROOT_KEY,
+    ServerProcess,
+    assert_no_leak,
+    sqlite_url,
+)
 
 
 def dump(db_path: Path) -> list[str]:
