@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Literal
 
-from secretsvc.errors import InvalidRequest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from secretsvc.errors import InvalidRequest, StartupError
 
 # Upper-case letters, digits and underscores, starting with a letter: the
 # shape of an environment variable, so a secret can be exported as one.
@@ -25,14 +30,24 @@ class Source(enum.Enum):
     DATA_KEY = "data_key"
 
 
+class Alphabet(enum.Enum):
+    """The characters a generated value is made of."""
+
+    BASE64URL = "base64url"
+    HEX = "hex"
+    ALPHANUMERIC = "alphanumeric"
+
+
 @dataclass(frozen=True, slots=True)
 class SecretPolicy:
     """How one secret is made, kept and served."""
 
     name: str
-    rotation_interval_days: int
+    # None: never rotated on a schedule.
+    rotation_interval_days: int | None
     min_length: int = 32
     source: Source = Source.GENERATED
+    alphabet: Alphabet = Alphabet.BASE64URL
     servable: bool = True
     # For imported secrets: the server environment variable to read at
     # initialization.
@@ -71,3 +86,86 @@ def check_name(name: str) -> str:
         raise InvalidRequest("secret name is empty")
     shown = repr(name) if len(name) <= 64 and name.isprintable() else "given"
     raise InvalidRequest(f"secret name {shown} is not {NAME_RULE}")
+
+
+class _Entry(BaseModel):
+    """One ``[secrets.NAME]`` table of a catalog file; every key is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rotation_interval_days: Annotated[int, Field(ge=1)] | Literal["never"] | None = None
+    min_length: int | None = Field(default=None, ge=1, le=4096)
+    source: Literal["generated", "imported"] | None = None
+    alphabet: Literal["base64url", "hex", "alphanumeric"] | None = None
+    servable: bool | None = None
+    import_from: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secrets: dict[str, _Entry] = {}
+
+
+def load_catalog(path: Path | None) -> tuple[SecretPolicy, ...]:
+    """Return the built-in catalog, with a TOML file's entries added or overriding.
+
+    A file holds one table per secret, every key optional::
+
+        [secrets.STRIPE_WEBHOOK_SECRET]
+        rotation_interval_days = 30      # or "never"
+        min_length = 48
+        alphabet = "hex"                 # base64url (default), hex, alphanumeric
+        source = "generated"             # or "imported", with import_from
+        servable = true
+
+    Raises:
+        StartupError: naming the file, the entry and the problem.
+    """
+    policies = {policy.name: policy for policy in DEFAULT_CATALOG}
+    if path is None:
+        return tuple(policies.values())
+
+    try:
+        document = tomllib.loads(path.read_text())
+        parsed = _CatalogFile.model_validate(document)
+    except OSError as error:
+        raise StartupError(f"catalog {path} cannot be read: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StartupError(f"catalog {path} is not valid TOML: {error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise StartupError(f"catalog {path}: {where}: {first['msg']}") from None
+
+    for name, entry in parsed.secrets.items():
+        policies[name] = _policy(path, name, entry, policies.get(name))
+    return tuple(policies.values())
+
+
+def _policy(
+    path: Path, name: str, entry: _Entry, base: SecretPolicy | None
+) -> SecretPolicy:
+    def problem(text: str) -> StartupError:
+        return StartupError(f"catalog {path}: secrets.{name}: {text}")
+
+    if not NAME_PATTERN.fullmatch(name):
+        raise problem(f"the name is not {NAME_RULE}")
+    if base is not None and base.source is Source.DATA_KEY:
+        raise problem("the keyring's data key cannot be redefined")
+
+    policy = base or SecretPolicy(name, rotation_interval_days=None)
+    changes = entry.model_dump(exclude_none=True)
+    if changes.get("rotation_interval_days") == "never":
+        changes["rotation_interval_days"] = None
+    if "source" in changes:
+        changes["source"] = Source(changes["source"])
+    if "alphabet" in changes:
+        changes["alphabet"] = Alphabet(changes["alphabet"])
+    policy = replace(policy, **changes)
+
+    if policy.source is Source.IMPORTED and policy.import_from is None:
+        policy = replace(policy, import_from=name)
+    if policy.source is Source.GENERATED and policy.import_from is not None:
+        raise problem("import_from is only for imported secrets")
+    return policy

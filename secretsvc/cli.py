@@ -54,6 +54,11 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="When no root key is set, use (and create) this development key file.",
 )
+@click.option(
+    "--catalog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file of secrets to add to the built-in catalog.",
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [INFO].")
 def serve(**flags: Any) -> None:
     """Run the server until SIGTERM or SIGINT.

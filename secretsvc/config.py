@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # Seconds that calls in flight may take to finish at shutdown.
     shutdown_grace: float = Field(default=5.0, ge=0)
     log_level: str = "INFO"
+    # A TOML file of secrets to add to, or override in, the built-in catalog.
+    catalog: Path | None = None
     # Used only when no root key is set: created on first use, mode 0600.
     dev_key_file: Path | None = None
 

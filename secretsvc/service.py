@@ -469,30 +469,52 @@ class SecretManager:
             NotRotatable: the secret's value is imported, not generated.
         """
         with self._audited(actor, "rotate", name, None):
-            check_name(name)
-            if name not in self._secrets:
-                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
-            policy = self._policies.get(name)
-            if policy is None or policy.source is Source.IMPORTED:
-                raise NotRotatable(
-                    f"secret '{name}' is imported; the service does not generate it",
-                    name=name,
-                )
+            policy = self._rotatable(name)
             meta = await self._rotate(policy, reason, actor)
-
-        logger.info("rotated %s to version %d (%s)", name, meta.version, reason.value)
-        self.hub.publish()
+        assert meta is not None
         return meta
 
+    async def rotate_if_due(self, name: str, *, actor: str) -> VersionMeta | None:
+        """Rotate ``name`` if it is still due and no other replica holds it.
+
+        Several replicas may find the same secret due; the one that claims its
+        row rotates it, and the others find it claimed or no longer due.
+        """
+        with self._audited(actor, "rotate", name, None):
+            policy = self._rotatable(name)
+            return await self._rotate(policy, Reason.SCHEDULED, actor, only_if_due=True)
+
+    def _rotatable(self, name: str) -> SecretPolicy:
+        check_name(name)
+        policy = self._policies.get(name)
+        if policy is None:
+            raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+        if policy.source is Source.IMPORTED:
+            raise NotRotatable(
+                f"secret '{name}' is imported; the service does not generate it",
+                name=name,
+            )
+        return policy
+
     async def _rotate(
-        self, policy: SecretPolicy, reason: Reason, actor: str
-    ) -> VersionMeta:
+        self,
+        policy: SecretPolicy,
+        reason: Reason,
+        actor: str,
+        *,
+        only_if_due: bool = False,
+    ) -> VersionMeta | None:
         name = policy.name
         now = self._clock()
         ring = self._keyring
 
         async with self._store.write() as tx:
-            record = await tx.lock_secret(name)
+            if only_if_due:
+                record = await tx.claim_due(name, now)
+                if record is None:
+                    return None
+            else:
+                record = await tx.lock_secret(name)
             if record is None:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
             old = record.current.version
@@ -513,6 +535,8 @@ class SecretManager:
 
         self._keyring = ring
         await self._reload([name])
+        logger.info("rotated %s to version %d (%s)", name, version, reason.value)
+        self.hub.publish()
         return VersionMeta(
             name=name,
             version=version,

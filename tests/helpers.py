@@ -101,10 +101,12 @@ async def running_server(
     root_key: str = ROOT_KEY,
     rotation_interval: float = 3600.0,
     listen: str = "127.0.0.1:0",
+    catalog: Path | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Run a real server on 127.0.0.1, port 0, and connect the real client."""
     settings = Settings(
         listen=listen,
+        catalog=catalog,
         database_url=database_url,
         rotation_interval=rotation_interval,
         shutdown_grace=1.0,

@@ -8,7 +8,6 @@ import logging
 from datetime import datetime
 
 from secretsvc.catalog import Source
-from secretsvc.model import Reason
 from secretsvc.service import Clock, SecretManager, utc_now
 
 logger = logging.getLogger(__name__)
@@ -72,11 +71,12 @@ class RotationScheduler:
                 self._report_imported(name)
                 continue
             try:
-                await self._manager.rotate(name, Reason.SCHEDULED, actor=SCHEDULER)
+                meta = await self._manager.rotate_if_due(name, actor=SCHEDULER)
             except Exception:
                 logger.exception("scheduled rotation of %s failed", name)
                 continue
-            rotated.append(name)
+            if meta is not None:
+                rotated.append(name)
 
         return rotated
 

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 
+from secretsvc.catalog import load_catalog
 from secretsvc.config import Settings
 from secretsvc.errors import StartupError
 from secretsvc.rotation.scheduler import RotationScheduler
@@ -39,10 +40,12 @@ class SecretsServer:
     ) -> None:
         """Prepare a server; nothing is opened before :meth:`start`."""
         self.settings = settings
+        catalog = load_catalog(settings.catalog)
         self.store = Store.open(settings.database_url)
         self.manager = SecretManager(
             self.store,
             root_key,
+            catalog=catalog,
             environ=os.environ if environ is None else environ,
             clock=clock,
         )

@@ -275,13 +275,26 @@ class StoreTransaction:
     async def lock_secret(self, name: str) -> SecretRecord | None:
         """Load one secret and hold its row until the transaction ends."""
         s = t.application_secrets
-        query = sa.select(s.c.id).where(s.c.name == name, s.c.is_active)
+        query = sa.select(s.c.name).where(s.c.name == name, s.c.is_active)
         # SQLite has no row locks; its writers already run one at a time.
-        row = (await self._conn.execute(query.with_for_update())).one_or_none()
+        return await self._locked(query.with_for_update())
+
+    async def claim_due(self, name: str, now: datetime) -> SecretRecord | None:
+        """Lock a secret that is due at ``now``, unless another writer holds it.
+
+        Returns None when the secret is not due (any more) or is locked.
+        """
+        s = t.application_secrets
+        query = sa.select(s.c.name).where(
+            s.c.name == name, s.c.is_active, s.c.next_rotation_due <= now
+        )
+        return await self._locked(query.with_for_update(skip_locked=True))
+
+    async def _locked(self, query: sa.Select[Any]) -> SecretRecord | None:
+        row = (await self._conn.execute(query)).one_or_none()
         if row is None:
             return None
-        found = await self.secrets([name])
-
+        found = await self.secrets([row.name])
         return found[0] if found else None
 
     async def create_secret(

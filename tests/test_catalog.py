@@ -1,0 +1,137 @@
+"""The catalog: built-in required secrets, and a TOML file that adds to them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from secretsvc.catalog import DEFAULT_CATALOG, Alphabet, Source, load_catalog
+from secretsvc.errors import StartupError
+from tests.helpers import FakeClock, ServerProcess, running_server, sqlite_url
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    return path
+
+
+def test_builtin_catalog_has_the_required_secrets() -> None:
+    """Without a file, the four required secrets with their intervals."""
+    policies = {p.name: p for p in load_catalog(None)}
+
+    assert {n: p.rotation_interval_days for n, p in policies.items()} == {
+        "JWT_SECRET": 90,
+        "CSRF_SECRET": 180,
+        "DATABASE_URL": 180,
+        "PASSWORD_MASTER_KEY": 365,
+    }
+    assert policies["DATABASE_URL"].source is Source.IMPORTED
+    assert not policies["PASSWORD_MASTER_KEY"].servable
+
+
+def test_file_adds_and_overrides(tmp_path: Path) -> None:
+    """A file adds new secrets and changes the keys it names of built-in ones."""
+    path = write(
+        tmp_path,
+        """
+        [secrets.WEBHOOK_KEY]
+        rotation_interval_days = 30
+        alphabet = "hex"
+        min_length = 80
+
+        [secrets.JWT_SECRET]
+        rotation_interval_days = 30
+
+        [secrets.SENTRY_DSN]
+        source = "imported"
+        rotation_interval_days = "never"
+        """,
+    )
+
+    policies = {p.name: p for p in load_catalog(path)}
+
+    assert len(policies) == len(DEFAULT_CATALOG) + 2
+    assert policies["WEBHOOK_KEY"].alphabet is Alphabet.HEX
+    assert policies["WEBHOOK_KEY"].min_length == 80
+    assert policies["JWT_SECRET"].rotation_interval_days == 30
+    assert policies["JWT_SECRET"].min_length == 32
+    assert policies["SENTRY_DSN"].import_from == "SENTRY_DSN"
+    assert policies["SENTRY_DSN"].rotation_interval_days is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[secrets.bad-name]\n", "secrets.bad-name: the name is not"),
+        ("[secrets.K]\nrotation_interval_days = 0\n", "rotation_interval_days"),
+        ("[secrets.K]\nmin_length = -3\n", "min_length"),
+        ("[secrets.K]\nalphabet = 'emoji'\n", "alphabet"),
+        ("[secrets.K]\ncolour = 'red'\n", "colour"),
+        ("[secrets.PASSWORD_MASTER_KEY]\nservable = true\n", "data key"),
+        ("[secrets.K]\nimport_from = 'X'\n", "only for imported"),
+        ("[secrets.K\n", "not valid TOML"),
+    ],
+    ids=[
+        "bad-name",
+        "zero-interval",
+        "negative-length",
+        "unknown-alphabet",
+        "unknown-key",
+        "data-key",
+        "import-from-generated",
+        "broken-toml",
+    ],
+)
+def test_bad_catalog_names_file_entry_and_problem(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """A bad catalog is refused with the file, the entry and the problem named."""
+    path = write(tmp_path, text)
+
+    with pytest.raises(StartupError) as raised:
+        load_catalog(path)
+
+    message = str(raised.value)
+    assert str(path) in message
+    assert problem in message
+
+
+async def test_catalog_secrets_are_generated_in_their_alphabet(
+    tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """Secrets the file adds are created at the first login, as their policy says."""
+    catalog = write(
+        tmp_path,
+        "[secrets.WEBHOOK_KEY]\nalphabet = 'hex'\nmin_length = 80\n"
+        "rotation_interval_days = 7\n",
+    )
+
+    async with running_server(db_url, clock=clock, catalog=catalog) as server:
+        result = await server.client.initialize("alice")
+        secret = await server.client.get("WEBHOOK_KEY")
+
+    assert "WEBHOOK_KEY" in result.generated
+    assert re.fullmatch(r"[0-9a-f]{80}", secret.value)
+    assert secret.next_rotation_due is not None
+    assert secret.created_at is not None
+    assert (secret.next_rotation_due - secret.created_at).days == 7
+
+
+def test_server_with_bad_catalog_exits_with_one_line(tmp_path: Path) -> None:
+    """`serve --catalog` with a bad file exits non-zero, naming the problem."""
+    catalog = write(tmp_path, "[secrets.K]\nmin_length = 'long'\n")
+    server = ServerProcess(
+        tmp_path,
+        sqlite_url(tmp_path / "s.db"),
+        PASSWORD_MASTER_KEY="k" * 40,
+    )
+    server.start("--catalog", str(catalog))
+    assert server.process is not None
+
+    assert server.process.wait(20) != 0
+    lines = server.output().strip().splitlines()
+    assert len(lines) == 1
+    assert f"catalog {catalog}: secrets.K.min_length" in lines[0]
