@@ -6,6 +6,7 @@ Reads are served from sealed versions held in memory; each read opens one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from secretsvc import crypto
 from secretsvc.audit import AuditTrail
 from secretsvc.catalog import (
+    DATA_KEY_NAME,
     DEFAULT_CATALOG,
     NAME_PATTERN,
     SecretPolicy,
@@ -37,6 +39,7 @@ from secretsvc.errors import (
     SecretNotFound,
     SecretsError,
     StartupError,
+    StoreUnavailable,
     VersionNotFound,
 )
 from secretsvc.events import EventHub
@@ -59,6 +62,11 @@ MAX_VERSION = 2**31 - 1
 # A watcher re-reads the log this often even when nothing woke it, so an event
 # written by another process is never held back for long.
 WATCH_POLL_SECONDS = 5.0
+# The follower reads the event log this often when nothing woke it: the
+# bound on how late another process's rotation reaches memory when no
+# notification arrives (always, on SQLite).
+FOLLOW_POLL_SECONDS = 1.0
+FOLLOW_BATCH = 500
 
 
 def utc_now() -> datetime:
@@ -147,7 +155,12 @@ class SecretManager:
         self._environ = environ if environ is not None else {}
         self._clock = clock
         self.audit = audit or AuditTrail(store, clock)
+        # Woken when the log may have grown: a local commit, a notification.
+        self._log_changed = EventHub()
+        # Woken when memory reflects new events, up to ``_applied``.
         self.hub = hub or EventHub()
+        self._applied = 0
+        self._follower: asyncio.Task[None] | None = None
         self._root: crypto.RootKey | None = None
         self._keyring = crypto.Keyring()
         self._secrets: dict[str, SecretRecord] = {}
@@ -180,6 +193,8 @@ class SecretManager:
 
         await self._load()
         self.audit.start()
+        self._follower = asyncio.create_task(self._follow(), name="secretsvc-follow")
+        self._store.listen(self._log_changed.publish)
 
     def _open_root_key(self, meta: StoreMeta) -> crypto.RootKey:
         root = crypto.RootKey(self._root_key_secret, meta.key_salt)
@@ -191,6 +206,7 @@ class SecretManager:
 
     async def _load(self) -> None:
         async with self._store.read() as tx:
+            self._applied = await tx.last_event_id()
             await self._load_keyring(tx)
             master = await tx.master_user()
             records = await tx.secrets()
@@ -220,9 +236,63 @@ class SecretManager:
             self._secrets[record.name] = record
 
     async def close(self) -> None:
-        """Wake watchers to end their streams and write pending audit records."""
+        """End watches, stop following the log, write pending audit records."""
         self.hub.close()
+        self._log_changed.close()
+        if self._follower is not None:
+            await self._follower
         await self.audit.stop()
+
+    # -- following the event log ----------------------------------------------
+
+    async def _follow(self) -> None:
+        """Bring memory up to date with every event in the log, in order.
+
+        Events written by this process and by others are handled alike, so a
+        watcher is told of an event only once a read here returns its version.
+        """
+        failing = False
+        while not self._log_changed.closed:
+            changed = self._log_changed.changed
+            try:
+                caught_up = await self._apply_new_events()
+            except StoreUnavailable:
+                if not failing:
+                    logger.warning(
+                        "cannot follow rotation events: the store cannot be "
+                        "reached; serving the secrets held in memory"
+                    )
+                failing, caught_up = True, True
+            except Exception:
+                logger.exception("following rotation events failed; retrying")
+                caught_up = True
+            else:
+                if failing:
+                    logger.info("the store is reachable again; following events")
+                    failing = False
+            if caught_up:
+                await self._log_changed.wait(changed, FOLLOW_POLL_SECONDS)
+
+    async def _apply_new_events(self) -> bool:
+        """Apply the next batch of events; return True when none are left."""
+        async with self._store.read() as tx:
+            events = await tx.events_after(self._applied, limit=FOLLOW_BATCH)
+            if not events:
+                return True
+            names = sorted({event.name for event in events})
+            if DATA_KEY_NAME in names:
+                await self._load_keyring(tx)
+            records = await tx.secrets(names)
+            master = await tx.master_user() if self._master is None else None
+
+        for record in records:
+            self._secrets[record.name] = record
+        if master is not None:
+            self._master = master.user_id
+        self._applied = events[-1].event_id
+        self.hub.publish()
+
+        return len(events) < FOLLOW_BATCH
 
     # -- audit ----------------------------------------------------------------
 
@@ -351,7 +421,7 @@ class SecretManager:
                 ", ".join(outcome.generated),
                 outcome.master_user_id,
             )
-            self.hub.publish()
+            self._log_changed.publish()
 
         return outcome
 
@@ -536,7 +606,7 @@ class SecretManager:
         self._keyring = ring
         await self._reload([name])
         logger.info("rotated %s to version %d (%s)", name, version, reason.value)
-        self.hub.publish()
+        self._log_changed.publish()
         return VersionMeta(
             name=name,
             version=version,
@@ -578,15 +648,23 @@ class SecretManager:
 
         cursor = since_event_id
         while not self.hub.closed:
-            # Taken before the read, so an event committed after it wakes us.
+            # Taken before reading, so that an event applied after it wakes us.
             changed = self.hub.changed
+            applied = self._applied
+            if cursor >= applied:
+                await self.hub.wait(changed, WATCH_POLL_SECONDS)
+                continue
             async with self._store.read() as tx:
-                batch = await tx.events_after(cursor, names)
+                batch = await tx.events_after(
+                    cursor, names, upto=applied, limit=FOLLOW_BATCH
+                )
             for event in batch:
                 yield event
                 cursor = event.event_id
-            if not batch:
-                await self.hub.wait(changed, WATCH_POLL_SECONDS)
+            if len(batch) < FOLLOW_BATCH:
+                # Every event up to ``applied`` that the filter lets through
+                # has been sent.
+                cursor = applied
 
 
 def _check_user_id(user_id: str) -> None:

@@ -29,6 +29,7 @@ from secretsvc.model import (
     VersionRecord,
 )
 from secretsvc.store import tables as t
+from secretsvc.store.notify import CHANNEL, CONNECT_TIMEOUT_SECONDS, EventListener
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 _IMMEDIATE = "secretsvc_immediate"
 # Any constant will do: it names the lock that serializes event ids.
 _EVENT_LOCK_ID = 0x5EC7E75
+
+
+# What a lost, refused or timed-out connection raises, wrapped or not.
+_UNREACHABLE = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 
 def redact_url(url: str) -> str:
@@ -51,6 +61,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._listener: EventListener | None = None
         # SQLite takes one writer at a time; queueing writers here instead of
         # on the file lock spares them the busy-wait.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
@@ -59,20 +70,36 @@ class Store:
     def open(cls, url: str) -> Store:
         """Create the engine for ``url``; the file's folder is made for SQLite."""
         parsed = make_url(url)
-        connect_args: dict[str, Any] = {}
+        options: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
-        engine = create_async_engine(url, connect_args=connect_args)
+            options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        else:
+            # After an outage, pooled connections are dead: test each on checkout.
+            options["pool_pre_ping"] = True
+            options["connect_args"] = {"timeout": CONNECT_TIMEOUT_SECONDS}
+        engine = create_async_engine(url, **options)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
 
         return cls(engine)
 
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` whenever another process may have added events.
+
+        On PostgreSQL this is LISTEN/NOTIFY; SQLite has no such thing, and its
+        readers poll the log instead.
+        """
+        if self.dialect == "postgresql":
+            self._listener = EventListener(self.engine.url, on_change)
+            self._listener.start()
+
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Stop listening and close every pooled connection."""
+        if self._listener is not None:
+            await self._listener.stop()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -98,7 +125,11 @@ class Store:
         try:
             async with self.engine.connect() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        except _UNREACHABLE as error:
+            raise StoreUnavailable("the store cannot be reached") from error
+        except sa.exc.DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
             raise StoreUnavailable("the store cannot be reached") from error
 
     async def has_schema(self) -> bool:
@@ -411,15 +442,31 @@ class StoreTransaction:
         result = await self._conn.execute(
             sa.insert(t.rotation_events).values(**values).returning(t.rotation_events)
         )
+        event = _event_from_row(result.one())
+        if self._dialect == "postgresql":
+            # Delivered to the listeners at commit, and only if it commits.
+            await self._conn.execute(
+                sa.select(sa.func.pg_notify(CHANNEL, str(event.event_id)))
+            )
 
-        return _event_from_row(result.one())
+        return event
 
     async def events_after(
-        self, event_id: int, names: Iterable[str] = (), limit: int = 500
+        self,
+        event_id: int,
+        names: Iterable[str] = (),
+        *,
+        upto: int | None = None,
+        limit: int = 500,
     ) -> list[RotationEventRecord]:
-        """Return up to ``limit`` events after ``event_id``, oldest first."""
+        """Return up to ``limit`` events after ``event_id``, oldest first.
+
+        With ``upto``, no event after that id.
+        """
         e = t.rotation_events
         query = sa.select(e).where(e.c.id > event_id).order_by(e.c.id).limit(limit)
+        if upto is not None:
+            query = query.where(e.c.id <= upto)
         wanted = list(names)
         if wanted:
             query = query.where(e.c.secret_name.in_(wanted))
