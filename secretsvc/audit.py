@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
@@ -13,6 +14,10 @@ from secretsvc.model import AuditRecord
 from secretsvc.store import Store
 
 logger = logging.getLogger(__name__)
+
+# While the store is down, records wait in memory up to this many; beyond it
+# the oldest are dropped, with an error in the log, so memory stays bounded.
+MAX_PENDING = 100_000
 
 
 class AuditTrail:
@@ -35,7 +40,8 @@ class AuditTrail:
         self._clock = clock
         self._flush_interval = flush_interval
         self._max_batch = max_batch
-        self._pending: list[AuditRecord] = []
+        self._pending: deque[AuditRecord] = deque(maxlen=MAX_PENDING)
+        self._dropped = 0
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -71,6 +77,14 @@ class AuditTrail:
     ) -> AuditRecord:
         """Queue one record; it reaches the store within the flush interval."""
         record = self.make(actor, action, outcome, name, version, detail)
+        if len(self._pending) == MAX_PENDING:
+            # The deque drops its oldest record to take this one.
+            self._dropped += 1
+            if self._dropped == 1:
+                logger.error(
+                    "audit records are being dropped: %d wait for the store",
+                    MAX_PENDING,
+                )
         self._pending.append(record)
         if len(self._pending) >= self._max_batch:
             self._wake.set()
@@ -87,19 +101,29 @@ class AuditTrail:
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            logger.error(
+                "%d audit records were not written: the store cannot be reached",
+                len(self._pending),
+            )
 
     async def flush(self) -> None:
         """Write every queued record now."""
-        batch, self._pending = self._pending, []
+        batch = list(self._pending)
+        self._pending.clear()
         if not batch:
             return
+        if self._dropped:
+            logger.error("%d audit records were dropped in all", self._dropped)
+            self._dropped = 0
         try:
             async with self._store.write() as tx:
                 await tx.append_audit(batch)
         except StoreUnavailable:
             # Keep the records for the next flush rather than lose them.
-            self._pending[:0] = batch
+            self._pending.extendleft(reversed(batch))
             raise
         except Exception:
             # One bad record must not hold back the rest forever.

@@ -229,6 +229,12 @@ class SecretManager:
                 raise StartupError(message) from error
         self._keyring = ring
 
+    async def _fresh_keyring(self, tx: StoreTransaction) -> crypto.Keyring:
+        """Return the keyring, loading terms another process added since."""
+        if await tx.last_key_term() != (self._keyring.active_term or 0):
+            await self._load_keyring(tx)
+        return self._keyring
+
     async def _reload(self, names: Sequence[str]) -> None:
         async with self._store.read() as tx:
             records = await tx.secrets(names)
@@ -366,11 +372,11 @@ class SecretManager:
     async def _initialize(self, user_id: str, actor: str) -> InitializeOutcome:
         assert self._root is not None
         now = self._clock()
-        ring = self._keyring
         events: list[RotationEventRecord] = []
 
         async with self._store.write() as tx:
             master = await tx.claim_master(user_id, now)
+            ring = await self._fresh_keyring(tx)
             existing = await tx.secret_names()
             outcome = InitializeOutcome(
                 master_user_id=master.user_id, is_master=master.user_id == user_id
@@ -576,7 +582,6 @@ class SecretManager:
     ) -> VersionMeta | None:
         name = policy.name
         now = self._clock()
-        ring = self._keyring
 
         async with self._store.write() as tx:
             if only_if_due:
@@ -587,6 +592,7 @@ class SecretManager:
                 record = await tx.lock_secret(name)
             if record is None:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            ring = await self._fresh_keyring(tx)
             old = record.current.version
             version = max(record.versions) + 1
             if policy.source is Source.DATA_KEY:

@@ -8,11 +8,15 @@ import logging
 from datetime import datetime
 
 from secretsvc.catalog import Source
+from secretsvc.errors import StoreUnavailable
 from secretsvc.service import Clock, SecretManager, utc_now
 
 logger = logging.getLogger(__name__)
 
 SCHEDULER = "scheduler"
+# After failed ticks the loop waits longer each time, up to this many seconds
+# (or the period, if that is longer).
+MAX_BACKOFF_SECONDS = 60.0
 
 
 class RotationScheduler:
@@ -47,13 +51,30 @@ class RotationScheduler:
         logger.info("rotation loop stopped")
 
     async def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
+            delay = self.period
             try:
                 await self.tick()
-            except Exception:
-                logger.exception("rotation tick failed; retrying in %gs", self.period)
+            except Exception as error:
+                failures += 1
+                delay = self._backoff(failures)
+                if isinstance(error, StoreUnavailable):
+                    logger.warning(
+                        "rotation tick failed: %s; retrying in %gs", error, delay
+                    )
+                else:
+                    logger.exception("rotation tick failed; retrying in %gs", delay)
+            else:
+                if failures:
+                    logger.info("rotation loop recovered after %d failures", failures)
+                failures = 0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.period)
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = max(self.period, MAX_BACKOFF_SECONDS)
+        return float(min(self.period * 2**failures, ceiling))
 
     async def tick(self) -> list[str]:
         """Rotate what is due now; return the names rotated.
@@ -72,6 +93,9 @@ class RotationScheduler:
                 continue
             try:
                 meta = await self._manager.rotate_if_due(name, actor=SCHEDULER)
+            except StoreUnavailable:
+                # No other secret will fare better: end the tick.
+                raise
             except Exception:
                 logger.exception("scheduled rotation of %s failed", name)
                 continue

@@ -20,6 +20,8 @@ from tenacity import (
 logger = logging.getLogger(__name__)
 
 CHANNEL = "secretsvc_events"
+# Names the listening connection in pg_stat_activity.
+APPLICATION_NAME = "secretsvc-listener"
 # How often a quiet listening connection is checked, in seconds.
 HEARTBEAT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -68,7 +70,10 @@ class EventListener:
         )
         while True:
             connection: Any = await connect(
-                asyncpg.connect, self._dsn, timeout=CONNECT_TIMEOUT_SECONDS
+                asyncpg.connect,
+                self._dsn,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                server_settings={"application_name": APPLICATION_NAME},
             )
             try:
                 await self._listen(connection)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_S = 30.0
+SQLITE_BUSY_TIMEOUT_S = 5.0
 _IMMEDIATE = "secretsvc_immediate"
 # Any constant will do: it names the lock that serializes event ids.
 _EVENT_LOCK_ID = 0x5EC7E75
