@@ -54,6 +54,8 @@ def _log_call(
     context: Context,
     detail: str = "",
 ) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
     elapsed_ms = (time.perf_counter() - started) * 1000
     logger.info(
         "rpc %s status=%s duration_ms=%.2f peer=%s%s",
