@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 from pydantic import ValidationError
-from secretsvc_client import BlockingSecretsClient, SecretsError
+from secretsvc_client import BlockingSecretsClient, SecretsError, TLSConfig
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from secretsvc.config import DEFAULT_LISTEN, Settings, load_root_key
+from secretsvc.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_LISTEN,
+    Settings,
+    load_root_key,
+)
 from secretsvc.errors import StartupError
 from secretsvc.logs import setup_logging
+from secretsvc.model import TokenRecord
+from secretsvc.store import StoreTransaction
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _settings(**flags: Any) -> Settings:
@@ -58,6 +69,23 @@ def main() -> None:
     "--catalog",
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML file of secrets to add to the built-in catalog.",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["none", "token"]),
+    help="token: every call needs a bearer token [none: loopback only].",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--tls-policy",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file granting client-certificate names their rights.",
 )
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [INFO].")
 def serve(**flags: Any) -> None:
@@ -99,114 +127,264 @@ def migrate(**flags: Any) -> None:
     click.echo("store schema is up to date")
 
 
-def client_command(function: F) -> F:
-    """Give a command ``--target`` and turn client errors into one line."""
-    option = click.option(
+@dataclass(frozen=True)
+class Connection:
+    """Where and how a client command reaches the server."""
+
+    target: str
+    token: str | None
+    tls: TLSConfig | None
+
+    def open(self) -> BlockingSecretsClient:
+        """Connect to the server."""
+        return BlockingSecretsClient(self.target, token=self.token, tls=self.tls)
+
+
+_CLIENT_OPTIONS = (
+    click.option(
         "--target",
         envvar="SECRETSVC_TARGET",
         default=DEFAULT_LISTEN,
         show_default=True,
         help="The server's address [env SECRETSVC_TARGET].",
-    )
-    command = main.command(name=function.__name__.rstrip("_"))(option(function))
-    return cast(F, command)
+    ),
+    click.option(
+        "--token",
+        envvar="SECRETSVC_TOKEN",
+        help="A bearer token [env SECRETSVC_TOKEN].",
+    ),
+    click.option(
+        "--ca",
+        envvar="SECRETSVC_CA",
+        help="Use TLS, trusting this CA [env SECRETSVC_CA].",
+    ),
+    click.option(
+        "--cert",
+        envvar="SECRETSVC_CLIENT_CERT",
+        help="Client certificate for mutual TLS [env SECRETSVC_CLIENT_CERT].",
+    ),
+    click.option(
+        "--key",
+        envvar="SECRETSVC_CLIENT_KEY",
+        help="Client key for mutual TLS [env SECRETSVC_CLIENT_KEY].",
+    ),
+)
+
+
+def client_command(function: F) -> F:
+    """Make a command that reaches the server; client errors become one line."""
+
+    @functools.wraps(function)
+    def command(
+        target: str,
+        token: str | None,
+        ca: str | None,
+        cert: str | None,
+        key: str | None,
+        **kwargs: Any,
+    ) -> None:
+        tls = TLSConfig.from_files(ca, cert, key) if ca or cert or key else None
+        connection = Connection(target, token, tls)
+        try:
+            function(connection, **kwargs)
+        except SecretsError as error:
+            _fail(f"{error.code.lower()}: {error.message}")
+
+    wrapped: Any = command
+    for option in _CLIENT_OPTIONS:
+        wrapped = option(wrapped)
+    return cast(F, main.command(name=function.__name__.rstrip("_"))(wrapped))
 
 
 def _when(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment else "-"
 
 
-def _connect(target: str) -> BlockingSecretsClient:
-    return BlockingSecretsClient(target)
-
-
-def _guard(call: Callable[[], None]) -> None:
-    try:
-        call()
-    except SecretsError as error:
-        _fail(f"{error.code.lower()}: {error.message}")
-
-
 @client_command
 @click.option("--user", "user_id", required=True, help="The user who logged in.")
-def init(target: str, user_id: str) -> None:
+def init(connection: Connection, user_id: str) -> None:
     """Initialize secrets as the auth service does on a login."""
-
-    def run() -> None:
-        with _connect(target) as client:
-            result = client.initialize(user_id)
-        role = "you" if result.is_master else "not you"
-        click.echo(f"master user: {result.master_user_id} ({role})")
-        click.echo(f"generated: {', '.join(result.generated) or '-'}")
-        click.echo(f"already present: {', '.join(result.already_present) or '-'}")
-        for skipped in result.skipped:
-            click.echo(f"skipped: {skipped.name}: {skipped.reason}")
-
-    _guard(run)
+    with connection.open() as client:
+        result = client.initialize(user_id)
+    role = "you" if result.is_master else "not you"
+    click.echo(f"master user: {result.master_user_id} ({role})")
+    click.echo(f"generated: {', '.join(result.generated) or '-'}")
+    click.echo(f"already present: {', '.join(result.already_present) or '-'}")
+    for skipped in result.skipped:
+        click.echo(f"skipped: {skipped.name}: {skipped.reason}")
 
 
 @client_command
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="A version number.")
-def get(target: str, name: str, version: int | None) -> None:
+def get(connection: Connection, name: str, version: int | None) -> None:
     """Print a secret's value (its current version unless --version)."""
-
-    def run() -> None:
-        with _connect(target) as client:
-            secret = client.get(name, version)
-        click.echo(secret.value)
-
-    _guard(run)
+    with connection.open() as client:
+        secret = client.get(name, version)
+    click.echo(secret.value)
 
 
 @client_command
 @click.argument("name")
-def rotate(target: str, name: str) -> None:
+def rotate(connection: Connection, name: str) -> None:
     """Rotate a secret now."""
-
-    def run() -> None:
-        with _connect(target) as client:
-            info = client.rotate(name)
-        click.echo(
-            f"{info.name} is now version {info.version}; "
-            f"next due {_when(info.next_rotation_due)}"
-        )
-
-    _guard(run)
+    with connection.open() as client:
+        info = client.rotate(name)
+    click.echo(
+        f"{info.name} is now version {info.version}; "
+        f"next due {_when(info.next_rotation_due)}"
+    )
 
 
 @client_command
-def list_(target: str) -> None:
+def list_(connection: Connection) -> None:
     """List every secret, without values."""
-
-    def run() -> None:
-        with _connect(target) as client:
-            secrets = client.list()
-        click.echo(f"{'NAME':24} {'VERSION':>7} {'EVERY':>6}  LAST ROTATED / NEXT DUE")
-        for s in secrets:
-            every = f"{s.rotation_interval_days}d" if s.rotation_interval_days else "-"
-            origin = " (imported)" if s.imported else ""
-            click.echo(
-                f"{s.name:24} {s.current_version:>7} {every:>6}  "
-                f"{_when(s.last_rotated_at)} / {_when(s.next_rotation_due)}{origin}"
-            )
-
-    _guard(run)
+    with connection.open() as client:
+        secrets = client.list()
+    click.echo(f"{'NAME':24} {'VERSION':>7} {'EVERY':>6}  LAST ROTATED / NEXT DUE")
+    for s in secrets:
+        every = f"{s.rotation_interval_days}d" if s.rotation_interval_days else "-"
+        origin = " (imported)" if s.imported else ""
+        click.echo(
+            f"{s.name:24} {s.current_version:>7} {every:>6}  "
+            f"{_when(s.last_rotated_at)} / {_when(s.next_rotation_due)}{origin}"
+        )
 
 
 @client_command
 @click.option("--since", type=int, default=0, help="Replay events after this id.")
 @click.option("--name", "names", multiple=True, help="Only this secret; repeatable.")
-def watch(target: str, since: int, names: tuple[str, ...]) -> None:
+def watch(connection: Connection, since: int, names: tuple[str, ...]) -> None:
     """Print rotation events as they happen, until interrupted."""
+    with contextlib.suppress(KeyboardInterrupt), connection.open() as client:
+        for event in client.watch(since, list(names)):
+            click.echo(
+                f"{event.event_id} {_when(event.rotated_at)} {event.name} "
+                f"v{event.old_version} -> v{event.new_version} {event.reason}"
+            )
 
-    def run() -> None:
-        with _connect(target) as client:
-            for event in client.watch(since, list(names)):
+
+@client_command
+@click.option("--name", help="Only records of this secret.")
+@click.option("--caller", help="Only records of this caller (token:NAME, tls:NAME).")
+@click.option("--action", help="Only this action: read, rotate, initialize, ...")
+@click.option("--outcome", help="Only this outcome: ok, denied, not_found, ...")
+@click.option("--since", type=click.DateTime(), help="From this time (UTC).")
+@click.option("--until", type=click.DateTime(), help="Before this time (UTC).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+def audit(
+    connection: Connection,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    **filters: str | None,
+) -> None:
+    """Print audit records, newest first (needs the admin right)."""
+    bounds = {
+        "since": since.replace(tzinfo=UTC) if since else None,
+        "until": until.replace(tzinfo=UTC) if until else None,
+    }
+    shown, token = 0, ""
+    with connection.open() as client:
+        while shown < limit:
+            page = client.audit(
+                **filters,
+                **bounds,
+                page_size=min(limit - shown, 1000),
+                page_token=token,
+            )
+            for e in page.events:
+                version = f" v{e.version}" if e.version else ""
+                detail = f" ({e.detail})" if e.detail else ""
                 click.echo(
-                    f"{event.event_id} {_when(event.rotated_at)} {event.name} "
-                    f"v{event.old_version} -> v{event.new_version} {event.reason}"
+                    f"{_when(e.at)} {e.caller} {e.action} {e.name or '-'}{version} "
+                    f"{e.outcome}{detail}"
                 )
+            shown += len(page.events)
+            token = page.next_page_token
+            if not token:
+                break
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _guard(run)
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke bearer tokens (straight on the store)."""
+
+
+def _store_command(function: F) -> F:
+    option = click.option(
+        "--database-url",
+        envvar="SECRETSVC_DATABASE_URL",
+        default=DEFAULT_DATABASE_URL,
+        help="SQLAlchemy URL of the store [env SECRETSVC_DATABASE_URL].",
+    )
+    return cast(
+        F,
+        token.command(name=function.__name__.removeprefix("token_"))(option(function)),
+    )
+
+
+@_store_command
+@click.option("--name", required=True, help="Who the token is for, e.g. billing-api.")
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file of [[grant]] tables: actions and secret patterns.",
+)
+def token_create(database_url: str, name: str, policy_path: Path) -> None:
+    """Create a token and print it, once; the store keeps only its hash."""
+    from secretsvc.access import issue_token, load_policy
+
+    try:
+        grants = load_policy(policy_path)
+    except StartupError as error:
+        _fail(str(error))
+    record, secret = issue_token(name, grants)
+    try:
+        asyncio.run(_with_store(database_url, lambda tx: tx.add_token(record)))
+    except SqlIntegrityError:
+        _fail(f"a token named {name!r} exists already; revoke it or pick a new name")
+    click.echo(secret)
+
+
+@_store_command
+def token_list(database_url: str) -> None:
+    """List tokens: name, id, creation, revocation and grants; never a token."""
+    from secretsvc.access import revoked_at_text, token_summary
+
+    async def load(tx: StoreTransaction) -> list[TokenRecord]:
+        return await tx.tokens()
+
+    for record in asyncio.run(_with_store(database_url, load)):
+        click.echo(
+            f"{record.name:24} {record.token_id}  "
+            f"{_when(record.created_at)}  {revoked_at_text(record.revoked_at):25}  "
+            f"{token_summary(record)}"
+        )
+
+
+@_store_command
+@click.option("--name", required=True, help="The token's name.")
+def token_revoke(database_url: str, name: str) -> None:
+    """Revoke a token; every replica refuses it within a second."""
+
+    async def revoke(tx: StoreTransaction) -> bool:
+        return await tx.revoke_token(name, datetime.now(UTC))
+
+    if not asyncio.run(_with_store(database_url, revoke)):
+        _fail(f"no live token named {name!r}")
+    click.echo(f"token {name!r} revoked")
+
+
+async def _with_store(url: str, work: Callable[[StoreTransaction], Awaitable[T]]) -> T:
+    from secretsvc.store import Store, migrate
+
+    store = Store.open(url)
+    try:
+        await migrate(store)
+        async with store.write() as tx:
+            return await work(tx)
+    finally:
+        await store.close()

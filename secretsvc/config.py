@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,21 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # A TOML file of secrets to add to, or override in, the built-in catalog.
     catalog: Path | None = None
+    # "token": every call must carry a bearer token. Mutual TLS (a client CA)
+    # requires credentials too. "none" is for a loopback-only server.
+    auth: Literal["none", "token"] = "none"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Client certificates must be signed by this CA; their common name is
+    # the caller, granted what the TLS policy file says.
+    tls_client_ca: Path | None = None
+    tls_policy: Path | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether every call must carry a credential."""
+        return self.auth == "token" or self.tls_client_ca is not None
+
     # Used only when no root key is set: created on first use, mode 0600.
     dev_key_file: Path | None = None
 

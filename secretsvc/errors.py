@@ -35,6 +35,18 @@ class VersionNotFound(SecretsError):
     outcome = "not_found"
 
 
+class Unauthenticated(SecretsError):
+    """The call carries no credential, or one that is not valid."""
+
+    outcome = "unauthenticated"
+
+
+class AccessDenied(SecretsError):
+    """The caller is known but holds no right to do this."""
+
+    outcome = "denied"
+
+
 class ReadForbidden(SecretsError):
     """The secret exists but is never served over the API."""
 

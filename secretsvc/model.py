@@ -113,3 +113,30 @@ class StoreMeta:
 
     key_salt: bytes
     key_verifier: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A bearer token as stored: its id, name, hash and grants, never itself."""
+
+    token_id: str
+    name: str
+    token_hash: bytes
+    grants_json: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenRecord(name={self.name!r}, token_id={self.token_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters on the audit trail; None matches anything."""
+
+    name: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None

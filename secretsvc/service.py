@@ -7,6 +7,7 @@ Reads are served from sealed versions held in memory; each read opens one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from secretsvc import crypto
+from secretsvc.access import Action, Caller
 from secretsvc.audit import AuditTrail
 from secretsvc.catalog import (
     DATA_KEY_NAME,
@@ -44,6 +46,8 @@ from secretsvc.errors import (
 )
 from secretsvc.events import EventHub
 from secretsvc.model import (
+    AuditQuery,
+    AuditRecord,
     NewVersion,
     Reason,
     RotationEventRecord,
@@ -67,6 +71,8 @@ WATCH_POLL_SECONDS = 5.0
 # notification arrives (always, on SQLite).
 FOLLOW_POLL_SECONDS = 1.0
 FOLLOW_BATCH = 500
+DEFAULT_AUDIT_PAGE = 100
+MAX_AUDIT_PAGE = 1000
 
 
 def utc_now() -> datetime:
@@ -111,6 +117,14 @@ class SecretSummary:
     last_rotated_at: datetime | None
     next_rotation_due: datetime | None
     imported: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """One page of the audit trail, with the token of the next."""
+
+    records: list[tuple[int, AuditRecord]]
+    next_page_token: str
 
 
 @dataclass(slots=True)
@@ -326,14 +340,16 @@ class SecretManager:
 
     # -- initialize -----------------------------------------------------------
 
-    async def initialize(self, user_id: str, *, actor: str) -> InitializeOutcome:
+    async def initialize(self, user_id: str, *, caller: Caller) -> InitializeOutcome:
         """Make ``user_id`` master on the first call and create every secret.
 
         The database settles a race between first logins: one master user and
         one first version of each secret, whatever the number of callers.
         """
+        actor = caller.identity
         with self._audited(actor, "initialize", None, None):
             _check_user_id(user_id)
+            caller.require(Action.INITIALIZE)
             missing = [p for p in self._policies.values() if self._needs_creating(p)]
             if self._master is not None and not missing:
                 outcome = InitializeOutcome(
@@ -457,7 +473,7 @@ class SecretManager:
 
     # -- read -----------------------------------------------------------------
 
-    async def get(self, name: str, version: int = 0, *, actor: str) -> SecretValue:
+    async def get(self, name: str, version: int = 0, *, caller: Caller) -> SecretValue:
         """Open one version of a secret: the current one when ``version`` is 0.
 
         Raises:
@@ -466,9 +482,11 @@ class SecretManager:
             SecretNotFound, VersionNotFound: there is no such secret or version.
             SecretCorrupted: the stored value does not open.
         """
+        actor = caller.identity
         with self._audited(actor, "read", name, version or None):
             check_name(name)
             _check_version(version)
+            caller.require(Action.READ, name)
             policy = self._policies.get(name)
             if policy is not None and not policy.servable:
                 raise ReadForbidden(f"secret '{name}' is never served", name=name)
@@ -512,9 +530,9 @@ class SecretManager:
                 version=version,
             ) from None
 
-    async def list_secrets(self, *, actor: str) -> list[SecretSummary]:
-        """Describe every secret, without values."""
-        self.audit.record(actor, "list", "ok")
+    async def list_secrets(self, *, caller: Caller) -> list[SecretSummary]:
+        """Describe every secret the caller may read, rotate or write; no values."""
+        self.audit.record(caller.identity, "list", "ok")
         return [
             SecretSummary(
                 name=record.name,
@@ -525,6 +543,7 @@ class SecretManager:
                 imported=self._source(record.name) is Source.IMPORTED,
             )
             for record in sorted(self._secrets.values(), key=lambda r: r.name)
+            if any(caller.allows(a, record.name) for a in _LISTING_ACTIONS)
         ]
 
     def _source(self, name: str) -> Source:
@@ -533,7 +552,7 @@ class SecretManager:
 
     # -- rotate ---------------------------------------------------------------
 
-    async def rotate(self, name: str, reason: Reason, *, actor: str) -> VersionMeta:
+    async def rotate(self, name: str, reason: Reason, *, caller: Caller) -> VersionMeta:
         """Make a newly generated version current; the old one becomes previous.
 
         The new version, the event and the audit record are written in one
@@ -544,19 +563,24 @@ class SecretManager:
             SecretNotFound: there is no such secret.
             NotRotatable: the secret's value is imported, not generated.
         """
+        actor = caller.identity
         with self._audited(actor, "rotate", name, None):
+            check_name(name)
+            caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
             meta = await self._rotate(policy, reason, actor)
         assert meta is not None
         return meta
 
-    async def rotate_if_due(self, name: str, *, actor: str) -> VersionMeta | None:
+    async def rotate_if_due(self, name: str, *, caller: Caller) -> VersionMeta | None:
         """Rotate ``name`` if it is still due and no other replica holds it.
 
         Several replicas may find the same secret due; the one that claims its
         row rotates it, and the others find it claimed or no longer due.
         """
+        actor = caller.identity
         with self._audited(actor, "rotate", name, None):
+            caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
             return await self._rotate(policy, Reason.SCHEDULED, actor, only_if_due=True)
 
@@ -636,20 +660,59 @@ class SecretManager:
         """Return the catalog's policy of a secret."""
         return self._policies.get(name)
 
+    # -- audit trail ----------------------------------------------------------
+
+    async def list_audit(
+        self, query: AuditQuery, page_size: int, page_token: str, *, caller: Caller
+    ) -> AuditPage:
+        """Return one page of matching audit records, newest first.
+
+        Raises:
+            InvalidRequest: a page size out of range, or a foreign page token.
+            AccessDenied: the caller is not an admin.
+        """
+        with self._audited(caller.identity, "audit", query.name, None):
+            if not 0 <= page_size <= MAX_AUDIT_PAGE:
+                raise InvalidRequest(
+                    f"page_size must be from 0 to {MAX_AUDIT_PAGE}, not {page_size}"
+                )
+            if page_token and not page_token.isdigit():
+                raise InvalidRequest("page_token is not one this service gave")
+            if query.name is not None:
+                check_name(query.name)
+            caller.require(Action.ADMIN)
+            # Reads recorded a moment ago belong on the first page.
+            with contextlib.suppress(StoreUnavailable):
+                await self.audit.flush()
+            limit = page_size or DEFAULT_AUDIT_PAGE
+            before = int(page_token) if page_token else None
+            async with self._store.read() as tx:
+                rows = await tx.audit_page(query, before, limit + 1)
+
+        self.audit.record(caller.identity, "audit", "ok")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = str(rows[-1][0]) if more else ""
+        return AuditPage(records=rows, next_page_token=token)
+
     # -- watch ----------------------------------------------------------------
 
     async def watch(
-        self, since_event_id: int, names: Sequence[str], *, actor: str
+        self, since_event_id: int, names: Sequence[str], *, caller: Caller
     ) -> AsyncGenerator[RotationEventRecord]:
         """Yield events after ``since_event_id``, then new ones as they come.
 
         The stream ends when the manager closes.
         """
+        actor = caller.identity
         with self._audited(actor, "watch", None, None):
             for name in names:
                 check_name(name)
             if since_event_id < 0:
                 raise InvalidRequest("since_event_id must not be negative")
+            caller.require(Action.WATCH)
+            for name in names:
+                caller.require(Action.WATCH, name)
         self.audit.record(actor, "watch", "ok", detail=f"since {since_event_id}")
 
         cursor = since_event_id
@@ -665,12 +728,19 @@ class SecretManager:
                     cursor, names, upto=applied, limit=FOLLOW_BATCH
                 )
             for event in batch:
-                yield event
                 cursor = event.event_id
+                # A stream carries only the events its caller may read.
+                if caller.allows(Action.READ, event.name) and caller.allows(
+                    Action.WATCH, event.name
+                ):
+                    yield event
             if len(batch) < FOLLOW_BATCH:
                 # Every event up to ``applied`` that the filter lets through
                 # has been sent.
                 cursor = applied
+
+
+_LISTING_ACTIONS = (Action.READ, Action.ROTATE, Action.WRITE)
 
 
 def _check_user_id(user_id: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from secretsvc_client import SecretsClient
+from secretsvc_client import SecretsClient, TLSConfig
 from sqlalchemy.sql import Executable
 
 from secretsvc.config import Settings
@@ -102,9 +102,16 @@ async def running_server(
     rotation_interval: float = 3600.0,
     listen: str = "127.0.0.1:0",
     catalog: Path | None = None,
+    client_token: str | None = None,
+    client_tls: TLSConfig | None = None,
+    **options: Any,
 ) -> AsyncIterator[RunningServer]:
-    """Run a real server on 127.0.0.1, port 0, and connect the real client."""
+    """Run a real server on 127.0.0.1, port 0, and connect the real client.
+
+    ``options`` are further settings, such as ``auth="token"``.
+    """
     settings = Settings(
+        **options,
         listen=listen,
         catalog=catalog,
         database_url=database_url,
@@ -115,7 +122,13 @@ async def running_server(
         settings, root_key, clock=clock or FakeClock(), environ=environ or {}
     )
     await server.start()
-    client = SecretsClient(f"127.0.0.1:{server.port}", timeout=10, wait_for_ready=True)
+    client = SecretsClient(
+        f"127.0.0.1:{server.port}",
+        timeout=10,
+        wait_for_ready=True,
+        token=client_token,
+        tls=client_tls,
+    )
     running = RunningServer(server, client)
     try:
         yield running

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from secretsvc_client import FailedPreconditionError, NotFoundError
 
+from secretsvc.access import Caller
 from secretsvc.model import Reason
 from secretsvc.rotation.scheduler import RotationScheduler
 from secretsvc.store import tables
@@ -238,7 +239,7 @@ async def test_scheduler_and_rpc_share_the_rotation_path(
     for name in ("JWT_SECRET", "CSRF_SECRET"):
         secret = await running.client.get(name)
         assert (secret.version, secret.stage) == (2, "CURRENT")
-    events = running.server.manager.watch(3, [], actor="test")
+    events = running.server.manager.watch(3, [], caller=Caller.system("test"))
     reasons = [(await anext(events)).reason for _ in range(3)]
     await events.aclose()
     assert reasons == [Reason.SCHEDULED] * 3

@@ -7,13 +7,14 @@ import contextlib
 import logging
 from datetime import datetime
 
+from secretsvc.access import Caller
 from secretsvc.catalog import Source
 from secretsvc.errors import StoreUnavailable
 from secretsvc.service import Clock, SecretManager, utc_now
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER = "scheduler"
+SCHEDULER = Caller.system("scheduler")
 # After failed ticks the loop waits longer each time, up to this many seconds
 # (or the period, if that is longer).
 MAX_BACKOFF_SECONDS = 60.0
@@ -92,7 +93,7 @@ class RotationScheduler:
                 self._report_imported(name)
                 continue
             try:
-                meta = await self._manager.rotate_if_due(name, actor=SCHEDULER)
+                meta = await self._manager.rotate_if_due(name, caller=SCHEDULER)
             except StoreUnavailable:
                 # No other secret will fare better: end the tick.
                 raise

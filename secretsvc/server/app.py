@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 
+from secretsvc.access import Authenticator, load_tls_identities
 from secretsvc.catalog import load_catalog
 from secretsvc.config import Settings
 from secretsvc.errors import StartupError
@@ -52,6 +54,15 @@ class SecretsServer:
         self.scheduler = RotationScheduler(
             self.manager, period=settings.rotation_interval, clock=clock
         )
+        identities = (
+            load_tls_identities(settings.tls_policy) if settings.tls_policy else None
+        )
+        self.authenticator = Authenticator(
+            self.store,
+            self.manager.audit,
+            required=settings.auth_required,
+            tls_identities=identities,
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -62,22 +73,30 @@ class SecretsServer:
         Raises:
             StartupError: the root key does not fit the store, or the like.
         """
+        check_exposure(self.settings)
+        credentials = server_credentials(self.settings)
         try:
             await self.manager.start()
+            await self.authenticator.start()
         except BaseException:
+            await self.manager.close()
             await self.store.close()
             raise
 
         server = grpc.aio.server()
-        servicer = SecretServicer(self.manager)
+        servicer = SecretServicer(self.manager, self.authenticator)
         pb_grpc.add_SecretServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if credentials is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, credentials)
         except RuntimeError:
+            await self.authenticator.stop()
             await self.manager.close()
             await self.store.close()
             raise StartupError(
@@ -92,11 +111,17 @@ class SecretsServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = self.settings.listen.rsplit(":", 1)[0]
         logger.info(
-            "secretsvc listening on %s:%d, store %s",
+            "secretsvc listening on %s:%d%s, store %s",
             host,
             self.port,
+            " with TLS" if credentials else "",
             redact_url(self.settings.database_url),
         )
+        if not self.settings.auth_required:
+            logger.warning(
+                "no authentication configured: only this machine can reach the "
+                "server, and every local caller has every right"
+            )
 
         return self.port
 
@@ -109,11 +134,70 @@ class SecretsServer:
         await self.scheduler.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
+        await self.authenticator.stop()
         try:
             await self.manager.close()
         finally:
             await self.store.close()
         logger.info("secretsvc stopped")
+
+
+def is_loopback(listen: str) -> bool:
+    """Tell whether a listen address is reachable from this machine only."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve beyond loopback without authentication.
+
+    Raises:
+        StartupError: saying how to configure authentication.
+    """
+    if settings.auth_required or is_loopback(settings.listen):
+        return
+    raise StartupError(
+        f"refusing to listen on {settings.listen} without authentication: set "
+        "SECRETSVC_AUTH=token and create tokens with 'secretsvc token create', "
+        "or configure mutual TLS (SECRETSVC_TLS_CERT, SECRETSVC_TLS_KEY, "
+        "SECRETSVC_TLS_CLIENT_CA); or listen on 127.0.0.1"
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Return TLS credentials when a certificate is configured.
+
+    Raises:
+        StartupError: half the TLS settings, or files that cannot be read.
+    """
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise StartupError(
+                "SECRETSVC_TLS_CLIENT_CA needs SECRETSVC_TLS_CERT and SECRETSVC_TLS_KEY"
+            )
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise StartupError("set both SECRETSVC_TLS_CERT and SECRETSVC_TLS_KEY")
+    try:
+        cert = settings.tls_cert.read_bytes()
+        key = settings.tls_key.read_bytes()
+        client_ca = (
+            settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+        )
+    except OSError as error:
+        raise StartupError(
+            f"TLS file {error.filename} cannot be read: {error.strerror}"
+        ) from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(settings: Settings, root_key: str) -> None:

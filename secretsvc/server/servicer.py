@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -15,8 +15,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 
+from secretsvc.access import Authenticator, Caller
 from secretsvc.errors import SecretsError
-from secretsvc.model import Reason, RotationEventRecord, Stage
+from secretsvc.model import AuditQuery, Reason, RotationEventRecord, Stage
 from secretsvc.server.status import INTERNAL_MESSAGE, status_for
 from secretsvc.service import SecretManager
 
@@ -74,16 +75,35 @@ def _failure(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
+def _credentials(context: Context) -> tuple[str | None, str | None]:
+    """Return the call's bearer token and client-certificate name, if any."""
+    bearer = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            bearer = token if scheme.lower() == "bearer" else value
+    names = list((context.auth_context() or {}).get("x509_common_name") or [])
+    tls_name = names[0].decode() if names else None
+    return bearer, tls_name
+
+
+Handler = Callable[[Any, Request, Context, Caller], Awaitable[Reply]]
+StreamHandler = Callable[[Any, Request, Context, Caller], AsyncGenerator[Reply]]
+
+
 def unary(
-    method: Callable[[Any, Request, Context], Awaitable[Reply]],
+    method: Handler[Request, Reply],
 ) -> Callable[[Any, Request, Context], Awaitable[Reply]]:
-    """Log one line per call and turn errors into status codes."""
+    """Authenticate, log one line per call, and turn errors into status codes."""
 
     @functools.wraps(method)
-    async def handler(self: Any, request: Request, context: Context) -> Reply:
+    async def handler(
+        self: SecretServicer, request: Request, context: Context
+    ) -> Reply:
         started = time.perf_counter()
         try:
-            reply = await method(self, request, context)
+            caller = self.authenticate(context, method.__name__)
+            reply = await method(self, request, context, caller)
         except Exception as error:
             code, message = _failure(method.__name__, error)
         else:
@@ -97,17 +117,19 @@ def unary(
 
 
 def streaming(
-    method: Callable[[Any, Request, Context], AsyncGenerator[Reply]],
+    method: StreamHandler[Request, Reply],
 ) -> Callable[[Any, Request, Context], AsyncGenerator[Reply]]:
-    """Log one line per stream when it ends and turn errors into status codes."""
+    """Authenticate, log one line per stream as it ends, map errors to statuses."""
 
     @functools.wraps(method)
     async def handler(
-        self: Any, request: Request, context: Context
+        self: SecretServicer, request: Request, context: Context
     ) -> AsyncGenerator[Reply]:
         started = time.perf_counter()
         try:
-            async with contextlib.aclosing(method(self, request, context)) as replies:
+            caller = self.authenticate(context, method.__name__)
+            replies = method(self, request, context, caller)
+            async with contextlib.aclosing(replies):
                 async for reply in replies:
                     yield reply
         except Exception as error:
@@ -128,15 +150,23 @@ def streaming(
 class SecretServicer(pb_grpc.SecretServiceServicer):
     """Serve secretsvc.v1.SecretService from a :class:`SecretManager`."""
 
-    def __init__(self, manager: SecretManager) -> None:
+    def __init__(self, manager: SecretManager, authenticator: Authenticator) -> None:
         self._manager = manager
+        self._authenticator = authenticator
+
+    def authenticate(self, context: Context, method: str) -> Caller:
+        """Return the caller of this call, from its token or certificate."""
+        bearer, tls_name = _credentials(context)
+        return self._authenticator.authenticate(
+            bearer, tls_name, context.peer(), method
+        )
 
     @unary
     async def InitializeSecrets(
-        self, request: pb.InitializeSecretsRequest, context: Context
+        self, request: pb.InitializeSecretsRequest, context: Context, caller: Caller
     ) -> pb.InitializeSecretsResponse:
         """Make the first user master and create every required secret."""
-        outcome = await self._manager.initialize(request.user_id, actor=context.peer())
+        outcome = await self._manager.initialize(request.user_id, caller=caller)
         skipped = [pb.SkippedSecret(name=n, reason=r) for n, r in outcome.skipped]
         return pb.InitializeSecretsResponse(
             master_user_id=outcome.master_user_id,
@@ -148,12 +178,10 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     @unary
     async def GetSecret(
-        self, request: pb.GetSecretRequest, context: Context
+        self, request: pb.GetSecretRequest, context: Context, caller: Caller
     ) -> pb.GetSecretResponse:
         """Open one version of a secret."""
-        secret = await self._manager.get(
-            request.name, request.version, actor=context.peer()
-        )
+        secret = await self._manager.get(request.name, request.version, caller=caller)
         return pb.GetSecretResponse(
             name=secret.name,
             value=secret.value,
@@ -165,12 +193,10 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     @unary
     async def RotateSecret(
-        self, request: pb.RotateSecretRequest, context: Context
+        self, request: pb.RotateSecretRequest, context: Context, caller: Caller
     ) -> pb.RotateSecretResponse:
         """Replace a secret's current version with a new one."""
-        meta = await self._manager.rotate(
-            request.name, Reason.MANUAL, actor=context.peer()
-        )
+        meta = await self._manager.rotate(request.name, Reason.MANUAL, caller=caller)
         version = pb.VersionInfo(
             name=meta.name,
             version=meta.version,
@@ -183,10 +209,10 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     @unary
     async def ListSecrets(
-        self, request: pb.ListSecretsRequest, context: Context
+        self, request: pb.ListSecretsRequest, context: Context, caller: Caller
     ) -> pb.ListSecretsResponse:
         """Describe every secret, without values."""
-        summaries = await self._manager.list_secrets(actor=context.peer())
+        summaries = await self._manager.list_secrets(caller=caller)
         secrets = [
             pb.SecretInfo(
                 name=s.name,
@@ -200,17 +226,57 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         ]
         return pb.ListSecretsResponse(secrets=secrets)
 
+    @unary
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context, caller: Caller
+    ) -> pb.ListAuditEventsResponse:
+        """Page through the audit trail, newest first."""
+        query = AuditQuery(
+            name=request.name or None,
+            actor=request.caller or None,
+            action=request.action or None,
+            outcome=request.outcome or None,
+            since=_datetime(request, "since"),
+            until=_datetime(request, "until"),
+        )
+        page = await self._manager.list_audit(
+            query, request.page_size, request.page_token, caller=caller
+        )
+        events = [
+            pb.AuditEvent(
+                id=record_id,
+                at=_timestamp(record.at),
+                caller=record.actor,
+                action=record.action,
+                name=record.name or "",
+                version=record.version or 0,
+                outcome=record.outcome,
+                detail=record.detail or "",
+            )
+            for record_id, record in page.records
+        ]
+        return pb.ListAuditEventsResponse(
+            events=events, next_page_token=page.next_page_token
+        )
+
     @streaming
     async def WatchRotations(
-        self, request: pb.WatchRotationsRequest, context: Context
+        self, request: pb.WatchRotationsRequest, context: Context, caller: Caller
     ) -> AsyncGenerator[pb.RotationEvent]:
         """Replay rotation events after an id, then stream new ones."""
         events = self._manager.watch(
-            request.since_event_id, list(request.names), actor=context.peer()
+            request.since_event_id, list(request.names), caller=caller
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield _event(event)
+
+
+def _datetime(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def _event(event: RotationEventRecord) -> pb.RotationEvent:

@@ -11,6 +11,8 @@ STATUS_CODES: dict[type[errors.SecretsError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SecretNotFound: grpc.StatusCode.NOT_FOUND,
     errors.VersionNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ReadForbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.NotRotatable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SecretCorrupted: grpc.StatusCode.DATA_LOSS,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from secretsvc.errors import StoreUnavailable
 from secretsvc.model import (
+    AuditQuery,
     AuditRecord,
     MasterUser,
     NewVersion,
@@ -26,6 +27,7 @@ from secretsvc.model import (
     SecretRecord,
     Stage,
     StoreMeta,
+    TokenRecord,
     VersionRecord,
 )
 from secretsvc.store import tables as t
@@ -478,6 +480,53 @@ class StoreTransaction:
         query = sa.select(sa.func.max(t.rotation_events.c.id))
         return (await self._conn.execute(query)).scalar_one() or 0
 
+    # -- tokens ---------------------------------------------------------------
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Return every token, revoked ones too, by name."""
+        k = t.access_tokens
+        rows = await self._conn.execute(sa.select(k).order_by(k.c.name))
+        return [
+            TokenRecord(
+                token_id=row.token_id,
+                name=row.name,
+                token_hash=row.token_hash,
+                grants_json=row.grants,
+                created_at=row.created_at,
+                revoked_at=row.revoked_at,
+            )
+            for row in rows
+        ]
+
+    async def tokens_fingerprint(self) -> tuple[object, ...]:
+        """Return a value that changes whenever a token is created or revoked."""
+        k = t.access_tokens
+        query = sa.select(
+            sa.func.count(), sa.func.max(k.c.created_at), sa.func.max(k.c.revoked_at)
+        )
+        return tuple((await self._conn.execute(query)).one())
+
+    async def add_token(self, record: TokenRecord) -> None:
+        """Store a new token's hash and grants."""
+        values = {
+            "token_id": record.token_id,
+            "name": record.name,
+            "token_hash": record.token_hash,
+            "grants": record.grants_json,
+            "created_at": record.created_at,
+        }
+        await self._conn.execute(sa.insert(t.access_tokens).values(**values))
+
+    async def revoke_token(self, name: str, at: datetime) -> bool:
+        """Revoke the live token called ``name``; return whether there was one."""
+        k = t.access_tokens
+        result = await self._conn.execute(
+            sa.update(k)
+            .where(k.c.name == name, k.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return bool(result.rowcount)
+
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         """Write audit records."""
         if not records:
@@ -496,19 +545,42 @@ class StoreTransaction:
         ]
         await self._conn.execute(sa.insert(t.audit_records), rows)
 
-    async def audit_records(self, limit: int = 1000) -> list[AuditRecord]:
-        """Return the newest audit records, newest first."""
+    async def audit_page(
+        self, query: AuditQuery, before_id: int | None, limit: int
+    ) -> list[tuple[int, AuditRecord]]:
+        """Return up to ``limit`` matching records, newest first.
+
+        With ``before_id``, only records older than that one.
+        """
         a = t.audit_records
-        query = sa.select(a).order_by(a.c.id.desc()).limit(limit)
+        select = sa.select(a).order_by(a.c.id.desc()).limit(limit)
+        conditions = [
+            (query.name, a.c.secret_name),
+            (query.actor, a.c.actor),
+            (query.action, a.c.action),
+            (query.outcome, a.c.outcome),
+        ]
+        for wanted, column in conditions:
+            if wanted is not None:
+                select = select.where(column == wanted)
+        if query.since is not None:
+            select = select.where(a.c.at >= query.since)
+        if query.until is not None:
+            select = select.where(a.c.at < query.until)
+        if before_id is not None:
+            select = select.where(a.c.id < before_id)
         return [
-            AuditRecord(
-                at=row.at,
-                actor=row.actor,
-                action=row.action,
-                outcome=row.outcome,
-                name=row.secret_name,
-                version=row.version,
-                detail=row.detail,
+            (
+                row.id,
+                AuditRecord(
+                    at=row.at,
+                    actor=row.actor,
+                    action=row.action,
+                    outcome=row.outcome,
+                    name=row.secret_name,
+                    version=row.version,
+                    detail=row.detail,
+                ),
             )
-            for row in await self._conn.execute(query)
+            for row in await self._conn.execute(select)
         ]

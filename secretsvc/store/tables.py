@@ -131,3 +131,16 @@ audit_records = sa.Table(
     sa.Column("detail", sa.String(512), nullable=True),
     sqlite_autoincrement=True,
 )
+
+# Bearer tokens: only a hash of each is kept; the token is shown once.
+access_tokens = sa.Table(
+    "access_tokens",
+    metadata,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("token_hash", sa.LargeBinary, nullable=False),
+    # The policy's grants, as JSON.
+    sa.Column("grants", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)

@@ -5,7 +5,7 @@ async with SecretsClient("127.0.0.1:50051") as secrets:
 """
 
 from secretsvc_client.blocking import BlockingSecretsClient
-from secretsvc_client.client import SecretsClient
+from secretsvc_client.client import SecretsClient, TLSConfig
 from secretsvc_client.errors import (
     ConflictError,
     DataLossError,
@@ -20,6 +20,8 @@ from secretsvc_client.errors import (
     UnavailableError,
 )
 from secretsvc_client.models import (
+    AuditEvent,
+    AuditPage,
     InitializeResult,
     RotationEvent,
     Secret,
@@ -29,6 +31,8 @@ from secretsvc_client.models import (
 )
 
 __all__ = [
+    "AuditEvent",
+    "AuditPage",
     "BlockingSecretsClient",
     "ConflictError",
     "DataLossError",
@@ -45,6 +49,7 @@ __all__ = [
     "SecretsError",
     "ServerError",
     "SkippedSecret",
+    "TLSConfig",
     "UnauthenticatedError",
     "UnavailableError",
     "VersionInfo",

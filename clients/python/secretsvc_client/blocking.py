@@ -6,10 +6,11 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from secretsvc_client.client import DEFAULT_TIMEOUT, SecretsClient
+from secretsvc_client.client import DEFAULT_TIMEOUT, SecretsClient, TLSConfig
 from secretsvc_client.models import (
+    AuditPage,
     InitializeResult,
     RotationEvent,
     Secret,
@@ -26,19 +27,31 @@ class BlockingSecretsClient:
     The asyncio client runs on an event loop in a private thread.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+    ) -> None:
         """Start the private loop and open a channel to ``target``."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="secretsvc-client", daemon=True
         )
         self._thread.start()
-        self._client = self._run(self._open(target, timeout))
+        self._client = self._run(self._open(target, timeout, token, tls))
 
     @staticmethod
-    async def _open(target: str, call_timeout: float | None) -> SecretsClient:
+    async def _open(
+        target: str,
+        call_timeout: float | None,
+        token: str | None,
+        tls: TLSConfig | None,
+    ) -> SecretsClient:
         # The channel must be made on the loop that will drive it.
-        return SecretsClient(target, timeout=call_timeout)
+        return SecretsClient(target, timeout=call_timeout, token=token, tls=tls)
 
     def __enter__(self) -> BlockingSecretsClient:
         return self
@@ -79,6 +92,10 @@ class BlockingSecretsClient:
     def list(self) -> list[SecretInfo]:
         """Describe every secret, without values."""
         return self._run(self._client.list())
+
+    def audit(self, **filters: Any) -> AuditPage:
+        """Return one page of the audit trail, as :meth:`SecretsClient.audit`."""
+        return self._run(self._client.audit(**filters))
 
     def watch(
         self, since_event_id: int = 0, names: Sequence[str] | None = None

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 from secretsvc_client.errors import NotFoundError, from_rpc_error
 from secretsvc_client.models import (
+    AuditPage,
     InitializeResult,
     RotationEvent,
     Secret,
@@ -22,6 +27,43 @@ from secretsvc_client.models import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS material: the CA that signed the server, and this client's own."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls, ca: str | None = None, cert: str | None = None, key: str | None = None
+    ) -> TLSConfig:
+        """Read PEM files; any may be None."""
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return cls(ca=read(ca), cert=read(cert), key=read(key))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Return gRPC channel credentials for this material."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=self.key,
+            certificate_chain=self.cert,
+        )
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
 
 DEFAULT_TIMEOUT = 10.0
 RECONNECT_FIRST_DELAY = 0.05
@@ -54,6 +96,8 @@ class SecretsClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         wait_for_ready: bool = False,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         """Open a channel to ``target`` (``host:port``).
@@ -63,12 +107,22 @@ class SecretsClient:
             timeout: seconds each unary call may take; None for no limit.
             wait_for_ready: while the server cannot be reached, wait for it
                 (within the timeout) instead of failing at once.
-            channel: a channel to use instead of a plaintext one, for TLS.
+            token: a bearer token, sent with every call.
+            tls: the CA to trust and, for mutual TLS, this client's
+                certificate and key.
+            channel: a ready channel to use instead of opening one.
         """
         self.target = target
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(target, tls.credentials())
+                if tls is not None
+                else grpc.aio.insecure_channel(target)
+            )
+        self._channel = channel
         self._stub = pb_grpc.SecretServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SecretsClient:
@@ -117,6 +171,35 @@ class SecretsClient:
         reply = await self._call(self._stub.ListSecrets, pb.ListSecretsRequest())
         return [SecretInfo.from_proto(info) for info in reply.secrets]
 
+    async def audit(
+        self,
+        *,
+        name: str | None = None,
+        caller: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> AuditPage:
+        """Return one page of the audit trail, newest first; needs ``admin``.
+
+        Pass the page's ``next_page_token`` back for the next page.
+        """
+        request = pb.ListAuditEventsRequest(
+            name=name or "",
+            caller=caller or "",
+            action=action or "",
+            outcome=outcome or "",
+            since=_timestamp(since),
+            until=_timestamp(until),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        reply = await self._call(self._stub.ListAuditEvents, request)
+        return AuditPage.from_proto(reply)
+
     async def watch(
         self,
         since_event_id: int = 0,
@@ -133,7 +216,9 @@ class SecretsClient:
         while True:
             request = pb.WatchRotationsRequest(since_event_id=cursor, names=names)
             # A stream waits for the server to come back rather than spin.
-            call = self._stub.WatchRotations(request, wait_for_ready=True)
+            call = self._stub.WatchRotations(
+                request, metadata=self._metadata, wait_for_ready=True
+            )
             try:
                 async for message in call:
                     event = RotationEvent.from_proto(message)
@@ -158,7 +243,10 @@ class SecretsClient:
     async def _call(self, method: Any, request: Any) -> Any:
         try:
             return await method(
-                request, timeout=self.timeout, wait_for_ready=self.wait_for_ready
+                request,
+                timeout=self.timeout,
+                metadata=self._metadata,
+                wait_for_ready=self.wait_for_ready,
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None

@@ -139,6 +139,48 @@ class RotationEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """Who did what to which secret, when, and how it ended."""
+
+    id: int
+    at: datetime | None
+    caller: str
+    action: str
+    name: str
+    version: int
+    outcome: str
+    detail: str
+
+    @classmethod
+    def from_proto(cls, message: pb.AuditEvent) -> AuditEvent:
+        """Build the record from its protobuf message."""
+        return cls(
+            id=message.id,
+            at=_time(message, "at"),
+            caller=message.caller,
+            action=message.action,
+            name=message.name,
+            version=message.version,
+            outcome=message.outcome,
+            detail=message.detail,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of the audit trail and the token of the next, empty on the last."""
+
+    events: tuple[AuditEvent, ...]
+    next_page_token: str
+
+    @classmethod
+    def from_proto(cls, message: pb.ListAuditEventsResponse) -> AuditPage:
+        """Build the page from its protobuf message."""
+        events = tuple(AuditEvent.from_proto(e) for e in message.events)
+        return cls(events=events, next_page_token=message.next_page_token)
+
+
+@dataclass(frozen=True, slots=True)
 class SecretInfo:
     """A secret's metadata, as ``ListSecrets`` reports it."""
 

@@ -60,6 +60,11 @@ class SecretServiceStub:
                 request_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListSecretsRequest.SerializeToString,
                 response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListSecretsResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/secretsvc.v1.SecretService/ListAuditEvents',
+                request_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SecretServiceServicer:
@@ -102,6 +107,13 @@ class SecretServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Page through the audit trail, newest first. Needs the admin right.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecretServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_SecretServiceServicer_to_server(servicer, server):
                     servicer.ListSecrets,
                     request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListSecretsRequest.FromString,
                     response_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +284,33 @@ class SecretService:
             '/secretsvc.v1.SecretService/ListSecrets',
             secretsvc_dot_v1_dot_secrets__pb2.ListSecretsRequest.SerializeToString,
             secretsvc_dot_v1_dot_secrets__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secretsvc.v1.SecretService/ListAuditEvents',
+            secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.SerializeToString,
+            secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,275 @@
+"""Who may do what: tokens, policies, mutual TLS, and the audit trail as a tool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from secretsvc_client import (
+    PermissionDeniedError,
+    SecretsClient,
+    SecretsError,
+    TLSConfig,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+from secretsvc.access import Action, Grant, issue_token
+from secretsvc.store import tables
+from tests.helpers import (
+    FakeClock,
+    RunningServer,
+    ServerProcess,
+    execute_sql,
+    poll_until,
+    running_server,
+    sqlite_url,
+)
+from tests.tls import Authority
+
+EVERYTHING = (Grant(frozenset(Action), ("*",)),)
+BACKEND = (Grant(frozenset({Action.READ, Action.WATCH}), ("JWT_*",)),)
+
+
+async def add_token(
+    running: RunningServer, name: str, grants: tuple[Grant, ...]
+) -> str:
+    record, token = issue_token(name, grants)
+    async with running.server.store.write() as tx:
+        await tx.add_token(record)
+    await running.server.authenticator.refresh()
+    return token
+
+
+@pytest.fixture
+async def secured(db_url: str, clock: FakeClock) -> AsyncIterator[RunningServer]:
+    """Run a server that wants a token on every call; the fixture's client is admin."""
+    async with running_server(db_url, clock=clock, auth="token") as server:
+        token = await add_token(server, "admin", EVERYTHING)
+        async with SecretsClient(server.target, token=token) as admin:
+            await admin.initialize("alice")
+            yield RunningServer(server.server, admin)
+
+
+async def store_snapshot(running: RunningServer) -> list[Any]:
+    s, v, e = tables.application_secrets, tables.secret_versions, tables.rotation_events
+    async with running.server.store.engine.connect() as conn:
+        rows = []
+        for table in (s, v, e, tables.master_user):
+            rows.append((await conn.execute(sa.select(table))).all())
+    return rows
+
+
+def every_rpc(client: SecretsClient) -> dict[str, Callable[[], Awaitable[Any]]]:
+    async def first_event() -> None:
+        async for _ in client.watch():
+            return
+
+    return {
+        "InitializeSecrets": lambda: client.initialize("mallory"),
+        "GetSecret": lambda: client.get("JWT_SECRET"),
+        "RotateSecret": lambda: client.rotate("JWT_SECRET"),
+        "ListSecrets": lambda: client.list(),
+        "ListAuditEvents": lambda: client.audit(),
+        "WatchRotations": first_event,
+    }
+
+
+RPCS = list(every_rpc(SecretsClient.__new__(SecretsClient)))
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+@pytest.mark.parametrize(
+    ("credential", "error", "outcome"),
+    [
+        (None, UnauthenticatedError, "unauthenticated"),
+        ("sst_0123456789abcdef_" + "x" * 43, UnauthenticatedError, "unauthenticated"),
+        ("not a token", UnauthenticatedError, "unauthenticated"),
+        ("no-rights", PermissionDeniedError, "denied"),
+    ],
+    ids=["none", "unknown-token", "malformed-token", "token-without-rights"],
+)
+async def test_every_rpc_refuses_bad_credentials(
+    secured: RunningServer,
+    rpc: str,
+    credential: str | None,
+    error: type[SecretsError],
+    outcome: str,
+) -> None:
+    """Each refused call has the right status, an audit record, and no effect."""
+    if credential == "no-rights":
+        nothing = (Grant(frozenset({Action.READ}), ("NOTHING_MATCHES",)),)
+        credential = await add_token(secured, "powerless", nothing)
+    before = await store_snapshot(secured)
+
+    async with SecretsClient(secured.target, token=credential) as client:
+        if rpc == "ListSecrets" and outcome == "denied":
+            # Listing is filtered rather than refused: it shows nothing.
+            assert await client.list() == []
+            return
+        with pytest.raises(error):
+            await asyncio.wait_for(every_rpc(client)[rpc](), timeout=10)
+
+    assert await store_snapshot(secured) == before
+    page = await secured.client.audit(outcome=outcome)
+    assert page.events, f"no {outcome} record for {rpc}"
+
+
+async def test_policy_limits_a_token_to_its_patterns(secured: RunningServer) -> None:
+    """A backend token reads and watches JWT_* only; the rest is denied."""
+    token = await add_token(secured, "backend", BACKEND)
+    async with SecretsClient(secured.target, token=token) as backend:
+        jwt = await backend.get("JWT_SECRET")
+        with pytest.raises(PermissionDeniedError, match="may not read"):
+            await backend.get("CSRF_SECRET")
+        with pytest.raises(PermissionDeniedError, match="may not rotate"):
+            await backend.rotate("JWT_SECRET")
+        listed = [s.name for s in await backend.list()]
+
+        await secured.client.rotate("CSRF_SECRET")
+        await secured.client.rotate("JWT_SECRET")
+        seen = []
+        async for event in backend.watch():
+            seen.append((event.name, event.new_version))
+            if event.new_version == 2:
+                break
+
+    assert jwt.version == 1
+    assert listed == ["JWT_SECRET"]
+    assert seen == [("JWT_SECRET", 1), ("JWT_SECRET", 2)]
+    denied = await secured.client.audit(caller="token:backend", outcome="denied")
+    assert {(e.action, e.name) for e in denied.events} == {
+        ("read", "CSRF_SECRET"),
+        ("rotate", "JWT_SECRET"),
+    }
+
+
+async def test_revoked_token_is_refused_within_a_second(
+    secured: RunningServer,
+) -> None:
+    """Revocation reaches the server's memory on its next refresh."""
+    token = await add_token(secured, "leaked", BACKEND)
+    async with SecretsClient(secured.target, token=token) as leaked:
+        await leaked.get("JWT_SECRET")
+        async with secured.server.store.write() as tx:
+            assert await tx.revoke_token("leaked", datetime.now(UTC))
+
+        async def refused() -> bool:
+            try:
+                await leaked.get("JWT_SECRET")
+            except UnauthenticatedError:
+                return True
+            return False
+
+        await poll_until(refused, within=2.0)
+
+
+async def test_store_keeps_only_a_hash_of_tokens(secured: RunningServer) -> None:
+    """No column of the store holds the token itself."""
+    token = await add_token(secured, "backend", BACKEND)
+    [rows] = await execute_sql_on(secured, sa.select(tables.access_tokens))
+
+    assert token not in repr(rows)
+    assert token.rsplit("_", 1)[1] not in repr(rows)
+
+
+async def execute_sql_on(running: RunningServer, *statements: Any) -> list[Any]:
+    return await execute_sql(str(running.server.store.engine.url), *statements)
+
+
+async def test_audit_filters_and_pages(secured: RunningServer) -> None:
+    """Audit records can be filtered by secret, caller, action, outcome and time."""
+    for _ in range(5):
+        await secured.client.get("JWT_SECRET")
+    await secured.client.rotate("CSRF_SECRET")
+
+    reads = await secured.client.audit(name="JWT_SECRET", action="read", page_size=2)
+    second = await secured.client.audit(
+        name="JWT_SECRET", action="read", page_size=2, page_token=reads.next_page_token
+    )
+    rotations = await secured.client.audit(action="rotate", caller="token:admin")
+    future = await secured.client.audit(since=datetime.now(UTC) + timedelta(days=400))
+
+    assert [e.version for e in reads.events] == [1, 1]
+    assert reads.events[0].id > reads.events[1].id > second.events[0].id
+    assert reads.next_page_token
+    assert [(e.name, e.version, e.outcome) for e in rotations.events] == [
+        ("CSRF_SECRET", 2, "ok")
+    ]
+    assert future.events == ()
+
+
+async def test_mutual_tls_names_the_caller(
+    tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A client certificate's common name is the caller, with its policy's rights."""
+    ca = Authority(tmp_path)
+    server_cert = ca.issue("secretsvc", server=True)
+    billing = ca.issue("billing")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stranger = Authority(elsewhere, "another CA").issue("billing")
+    policy = tmp_path / "tls-policy.toml"
+    policy.write_text(
+        '[[identity]]\nname = "billing"\nactions = ["read", "initialize"]\n'
+        'secrets = ["JWT_SECRET"]\n'
+    )
+    as_billing = TLSConfig.from_files(str(ca.cert), str(billing.cert), str(billing.key))
+
+    async with running_server(
+        db_url,
+        clock=clock,
+        client_tls=as_billing,
+        tls_cert=server_cert.cert,
+        tls_key=server_cert.key,
+        tls_client_ca=ca.cert,
+        tls_policy=policy,
+    ) as server:
+        await server.client.initialize("alice")
+        secret = await server.client.get("JWT_SECRET")
+        with pytest.raises(PermissionDeniedError, match="tls:billing may not read"):
+            await server.client.get("CSRF_SECRET")
+
+        without_cert = TLSConfig.from_files(str(ca.cert))
+        foreign = TLSConfig.from_files(
+            str(ca.cert), str(stranger.cert), str(stranger.key)
+        )
+        for tls in (without_cert, foreign):
+            async with SecretsClient(server.target, tls=tls, timeout=5) as client:
+                with pytest.raises(UnavailableError):
+                    await client.get("JWT_SECRET")
+
+    assert secret.version == 1
+
+
+def test_refuses_to_listen_beyond_loopback_without_auth(tmp_path: Path) -> None:
+    """Asked for 0.0.0.0 with no authentication, the server says how to set it up."""
+    server = ServerProcess(
+        tmp_path, sqlite_url(tmp_path / "s.db"), PASSWORD_MASTER_KEY="k" * 40
+    )
+    server.env["SECRETSVC_LISTEN"] = "0.0.0.0:0"
+
+    assert server.run_to_exit() != 0
+    (line,) = server.output().strip().splitlines()
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in line
+    assert "SECRETSVC_AUTH=token" in line
+    assert not (tmp_path / "s.db").exists()
+
+
+async def test_loopback_server_without_auth_says_so(tmp_path: Path) -> None:
+    """With no authentication the server starts on loopback and warns about it."""
+    server = ServerProcess(
+        tmp_path, sqlite_url(tmp_path / "s.db"), PASSWORD_MASTER_KEY="k" * 40
+    )
+    server.start()
+    try:
+        await server.wait_ready()
+    finally:
+        assert server.terminate() == 0
+
+    assert "no authentication configured" in server.output()
