@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 from pydantic import ValidationError
@@ -23,10 +24,12 @@ from secretsvc.config import (
     Settings,
     load_root_key,
 )
+from secretsvc.crypto import MIN_ROOT_KEY_LENGTH
+from secretsvc.errors import SecretsError as DomainError
 from secretsvc.errors import StartupError
 from secretsvc.logs import setup_logging
 from secretsvc.model import TokenRecord
-from secretsvc.store import StoreTransaction
+from secretsvc.store import StoreTransaction, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -43,7 +46,7 @@ def _settings(**flags: Any) -> Settings:
         raise click.UsageError(problems) from None
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"secretsvc: {message}", err=True)
     sys.exit(1)
 
@@ -306,6 +309,74 @@ def audit(
                 break
 
 
+@main.command()
+@click.option("--database-url", help="SQLAlchemy URL of the store.")
+@click.option(
+    "--new-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the new root key [or env SECRETSVC_NEW_ROOT_KEY].",
+)
+def rekey(database_url: str | None, new_key_file: Path | None) -> None:
+    """Re-wrap the keyring under a new root key, in one transaction.
+
+    The old key comes from PASSWORD_MASTER_KEY or PASSWORD_MASTER_KEY_FILE,
+    as for serve. Restart every server with the new key afterwards.
+    """
+    from secretsvc.service import rekey as rekey_store
+    from secretsvc.store import Store
+
+    settings = _settings(database_url=database_url)
+    try:
+        old_key = load_root_key(settings)
+        new_key = _new_root_key(new_key_file)
+    except StartupError as error:
+        _fail(str(error))
+
+    async def run() -> int:
+        store = Store.open(settings.database_url)
+        try:
+            if not await store.has_schema():
+                raise StartupError(
+                    f"{redact_url(settings.database_url)} holds no secretsvc store"
+                )
+            async with store.read() as tx:
+                count = len(await tx.key_terms())
+            with click.progressbar(
+                length=count, label="re-wrapping keyring terms", file=sys.stderr
+            ) as bar:
+                return await rekey_store(
+                    store, old_key, new_key, on_term=lambda _term: bar.update(1)
+                )
+        finally:
+            await store.close()
+
+    try:
+        terms = asyncio.run(run())
+    except (StartupError, DomainError) as error:
+        _fail(str(error))
+    click.echo(f"re-keyed: {terms} keyring terms now open with the new root key only")
+
+
+def _new_root_key(path: Path | None) -> str:
+    if path is not None:
+        try:
+            key = path.read_text().strip()
+        except OSError as error:
+            message = f"new key file {path} cannot be read: {error.strerror}"
+            raise StartupError(message) from None
+    else:
+        key = os.environ.get("SECRETSVC_NEW_ROOT_KEY", "")
+        if not key:
+            raise StartupError(
+                "no new root key: set SECRETSVC_NEW_ROOT_KEY or --new-key-file"
+            )
+    if len(key) < MIN_ROOT_KEY_LENGTH:
+        raise StartupError(
+            f"the new root key needs at least {MIN_ROOT_KEY_LENGTH} characters"
+        )
+    return key
+
+
 @main.group()
 def token() -> None:
     """Create, list and revoke bearer tokens (straight on the store)."""
@@ -343,7 +414,7 @@ def token_create(database_url: str, name: str, policy_path: Path) -> None:
         _fail(str(error))
     record, secret = issue_token(name, grants)
     try:
-        asyncio.run(_with_store(database_url, lambda tx: tx.add_token(record)))
+        _on_store(database_url, lambda tx: tx.add_token(record))
     except SqlIntegrityError:
         _fail(f"a token named {name!r} exists already; revoke it or pick a new name")
     click.echo(secret)
@@ -357,7 +428,7 @@ def token_list(database_url: str) -> None:
     async def load(tx: StoreTransaction) -> list[TokenRecord]:
         return await tx.tokens()
 
-    for record in asyncio.run(_with_store(database_url, load)):
+    for record in _on_store(database_url, load):
         click.echo(
             f"{record.name:24} {record.token_id}  "
             f"{_when(record.created_at)}  {revoked_at_text(record.revoked_at):25}  "
@@ -373,9 +444,16 @@ def token_revoke(database_url: str, name: str) -> None:
     async def revoke(tx: StoreTransaction) -> bool:
         return await tx.revoke_token(name, datetime.now(UTC))
 
-    if not asyncio.run(_with_store(database_url, revoke)):
+    if not _on_store(database_url, revoke):
         _fail(f"no live token named {name!r}")
     click.echo(f"token {name!r} revoked")
+
+
+def _on_store(url: str, work: Callable[[StoreTransaction], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(_with_store(url, work))
+    except DomainError as error:
+        _fail(str(error))
 
 
 async def _with_store(url: str, work: Callable[[StoreTransaction], Awaitable[T]]) -> T:

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # the caller, granted what the TLS policy file says.
     tls_client_ca: Path | None = None
     tls_policy: Path | None = None
+    # Versions re-sealed per transaction after the data key rotates.
+    reseal_batch: int = Field(default=100, ge=1, le=10_000)
+    # host:port of the Prometheus metrics endpoint; none by default.
+    metrics_listen: str | None = None
 
     @property
     def auth_required(self) -> bool:

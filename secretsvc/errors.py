@@ -65,6 +65,12 @@ class SecretCorrupted(SecretsError):
     outcome = "corrupted"
 
 
+class RootKeyChanged(SecretsError):
+    """The store was re-keyed since this process started."""
+
+    outcome = "refused"
+
+
 class StoreUnavailable(SecretsError):
     """The database cannot be reached."""
 

@@ -140,3 +140,18 @@ class AuditQuery:
     outcome: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResealCandidate:
+    """A kept version sealed under an older keyring term."""
+
+    row_id: int
+    secret_id: int
+    name: str
+    version: int
+    current: bool
+    sealed_value: bytes
+
+    def __repr__(self) -> str:
+        return f"ResealCandidate(name={self.name!r}, version={self.version})"

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Gauge
+
 from secretsvc import crypto
 from secretsvc.access import Action, Caller
 from secretsvc.audit import AuditTrail
@@ -36,6 +38,7 @@ from secretsvc.errors import (
     InvalidRequest,
     NotRotatable,
     ReadForbidden,
+    RootKeyChanged,
     RootKeyMismatch,
     SecretCorrupted,
     SecretNotFound,
@@ -50,6 +53,7 @@ from secretsvc.model import (
     AuditRecord,
     NewVersion,
     Reason,
+    ResealCandidate,
     RotationEventRecord,
     SecretRecord,
     Stage,
@@ -59,6 +63,11 @@ from secretsvc.rotation.rotators import generate_value
 from secretsvc.store import Store, StoreTransaction, migrate
 
 logger = logging.getLogger(__name__)
+
+RESEAL_PENDING = Gauge(
+    "secretsvc_reseal_pending_versions",
+    "Kept secret versions still sealed under an older keyring term.",
+)
 
 Clock = Callable[[], datetime]
 MAX_USER_ID_LENGTH = 256
@@ -71,6 +80,7 @@ WATCH_POLL_SECONDS = 5.0
 # notification arrives (always, on SQLite).
 FOLLOW_POLL_SECONDS = 1.0
 FOLLOW_BATCH = 500
+RESEAL_BATCH = 100
 DEFAULT_AUDIT_PAGE = 100
 MAX_AUDIT_PAGE = 1000
 
@@ -151,6 +161,7 @@ class SecretManager:
         clock: Clock = utc_now,
         audit: AuditTrail | None = None,
         hub: EventHub | None = None,
+        reseal_batch: int = RESEAL_BATCH,
     ) -> None:
         """Prepare a manager; :meth:`start` opens the store.
 
@@ -162,6 +173,8 @@ class SecretManager:
             clock: returns the current aware UTC time.
             audit: the trail that records reads and refusals.
             hub: wakes watchers when events are appended.
+            reseal_batch: versions re-sealed in one transaction after the
+                data key rotates.
         """
         self._store = store
         self._root_key_secret = root_key
@@ -175,6 +188,9 @@ class SecretManager:
         self.hub = hub or EventHub()
         self._applied = 0
         self._follower: asyncio.Task[None] | None = None
+        self._reseal_batch = reseal_batch
+        self._reseal_wanted = asyncio.Event()
+        self._resealer: asyncio.Task[None] | None = None
         self._root: crypto.RootKey | None = None
         self._keyring = crypto.Keyring()
         self._secrets: dict[str, SecretRecord] = {}
@@ -208,6 +224,11 @@ class SecretManager:
         await self._load()
         self.audit.start()
         self._follower = asyncio.create_task(self._follow(), name="secretsvc-follow")
+        # A re-seal cut short by a crash resumes here.
+        self._reseal_wanted.set()
+        self._resealer = asyncio.create_task(
+            self._reseal_loop(), name="secretsvc-reseal"
+        )
         self._store.listen(self._log_changed.publish)
 
     def _open_root_key(self, meta: StoreMeta) -> crypto.RootKey:
@@ -261,6 +282,9 @@ class SecretManager:
         self._log_changed.close()
         if self._follower is not None:
             await self._follower
+        if self._resealer is not None:
+            self._reseal_wanted.set()
+            await self._resealer
         await self.audit.stop()
 
     # -- following the event log ----------------------------------------------
@@ -302,6 +326,7 @@ class SecretManager:
             names = sorted({event.name for event in events})
             if DATA_KEY_NAME in names:
                 await self._load_keyring(tx)
+                self._reseal_wanted.set()
             records = await tx.secrets(names)
             master = await tx.master_user() if self._master is None else None
 
@@ -313,6 +338,69 @@ class SecretManager:
         self.hub.publish()
 
         return len(events) < FOLLOW_BATCH
+
+    # -- re-sealing under a new data key --------------------------------------
+
+    async def _reseal_loop(self) -> None:
+        while not self.hub.closed:
+            await self._reseal_wanted.wait()
+            self._reseal_wanted.clear()
+            if self.hub.closed:
+                return
+            try:
+                await self.reseal()
+            except StoreUnavailable:
+                logger.warning("re-sealing paused: the store cannot be reached")
+            except Exception:
+                logger.exception("re-sealing failed; it resumes on the next start")
+
+    async def reseal(self) -> int:
+        """Re-seal every kept version under the active data key; return how many.
+
+        Batches are transactions: after a crash, what was done stays done and
+        the rest is found again. Older terms stay in the keyring, so every
+        version opens before, during and after.
+        """
+        done, cursor = 0, 0
+        while not self.hub.closed:
+            async with self._store.write() as tx:
+                ring = await self._fresh_keyring(tx)
+                term = ring.active_term
+                if term is None:
+                    break
+                batch = await tx.versions_to_reseal(term, cursor, self._reseal_batch)
+                if not batch:
+                    break
+                for candidate in batch:
+                    sealed = self._reseal_one(ring, candidate)
+                    if sealed is not None:
+                        await tx.reseal(candidate, sealed, term)
+                        done += 1
+                remaining = await tx.count_to_reseal(term)
+            cursor = batch[-1].row_id
+            RESEAL_PENDING.set(remaining)
+            await self._reload(sorted({c.name for c in batch}))
+            logger.info(
+                "re-sealed %d versions under keyring term %d; %d to go",
+                done,
+                term,
+                remaining,
+            )
+        return done
+
+    def _reseal_one(
+        self, ring: crypto.Keyring, candidate: ResealCandidate
+    ) -> bytes | None:
+        try:
+            plain = ring.open(candidate.name, candidate.version, candidate.sealed_value)
+        except crypto.SealError:
+            logger.error(
+                "secret %s version %d does not open; left as it is",
+                candidate.name,
+                candidate.version,
+            )
+            return None
+        return ring.seal(candidate.name, candidate.version, plain)
 
     # -- audit ----------------------------------------------------------------
 
@@ -462,6 +550,14 @@ class SecretManager:
         key that the secret's row keeps; the key itself lives in the keyring.
         """
         assert self._root is not None
+        meta = await tx.meta()
+        if meta is None or not self._root.matches(meta.key_verifier):
+            # A key wrapped with the old root key would not open after restart.
+            raise RootKeyChanged(
+                "the root key of the store was changed; restart with the new one "
+                "before rotating the data key",
+                name=policy.name,
+            )
         term = await tx.last_key_term() + 1
         data_key = crypto.new_data_key()
         wrapped = self._root.wrap(term, data_key)
@@ -779,3 +875,44 @@ def _new_version(
         created_by=actor,
         next_rotation_due=due,
     )
+
+
+async def rekey(
+    store: Store,
+    old_key: str,
+    new_key: str,
+    *,
+    on_term: Callable[[int], None] | None = None,
+) -> int:
+    """Re-wrap every keyring term under a new root key, in one transaction.
+
+    Until it commits the store opens with the old key only; after, with the
+    new key only. Returns the number of terms re-wrapped.
+
+    Raises:
+        RootKeyMismatch: ``old_key`` is not the store's root key.
+        StartupError: the store has no root key yet.
+    """
+    async with store.write() as tx:
+        meta = await tx.meta()
+        if meta is None:
+            raise StartupError("the store has never been started: nothing to rekey")
+        old_root = crypto.RootKey(old_key, meta.key_salt)
+        if not old_root.matches(meta.key_verifier):
+            raise RootKeyMismatch("the old root key does not match this store")
+        salt = crypto.new_salt()
+        new_root = crypto.RootKey(new_key, salt)
+
+        terms = await tx.key_terms()
+        rewrapped = b""
+        for term, wrapped in terms:
+            rewrapped = new_root.wrap(term, old_root.unwrap(term, wrapped))
+            await tx.replace_key_term(term, rewrapped)
+            if on_term is not None:
+                on_term(term)
+        if terms:
+            await tx.set_encrypted_value(DATA_KEY_NAME, rewrapped)
+        await tx.replace_meta(StoreMeta(salt, new_root.make_verifier()))
+
+    logger.info("re-keyed the store: %d keyring terms re-wrapped", len(terms))
+    return len(terms)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from secretsvc_client import FailedPreconditionError, NotFoundError
 
 from secretsvc.access import Caller
@@ -119,31 +120,41 @@ async def test_imported_secret_is_not_rotated_on_demand(
     assert (secret.version, secret.value) == (1, env["DATABASE_URL"])
 
 
-async def test_data_key_rotation_adds_a_keyring_term(running: RunningServer) -> None:
-    """Rotating PASSWORD_MASTER_KEY seals new versions with a new term."""
+async def sealed_terms(running: RunningServer, name: str) -> dict[int, int]:
+    v, s = tables.secret_versions, tables.application_secrets
+    async with running.server.store.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(v.c.version, v.c.key_term)
+            .join(s, s.c.id == v.c.secret_id)
+            .where(s.c.name == name)
+        )
+        return dict(rows.all())
+
+
+async def test_data_key_rotation_adds_a_term_and_reseals(
+    running: RunningServer,
+) -> None:
+    """Rotating PASSWORD_MASTER_KEY adds a term; every version moves to it."""
     await running.client.initialize("alice")
     old = await running.client.get("JWT_SECRET")
 
     info = await running.client.rotate("PASSWORD_MASTER_KEY")
     await running.client.rotate("JWT_SECRET")
 
-    v, s = tables.secret_versions, tables.application_secrets
+    async def all_on_term_2() -> bool:
+        terms = await sealed_terms(running, "JWT_SECRET")
+        return terms == {1: 2, 2: 2} and await sealed_terms(running, "CSRF_SECRET") == {
+            1: 2
+        }
+
+    await poll_until(all_on_term_2)
     async with running.server.store.engine.connect() as conn:
         terms = list((await conn.execute(sa.select(tables.keyring.c.term))).scalars())
-        sealed_with = dict(
-            (
-                await conn.execute(
-                    sa.select(v.c.version, v.c.key_term)
-                    .join(s, s.c.id == v.c.secret_id)
-                    .where(s.c.name == "JWT_SECRET")
-                )
-            ).all()
-        )
 
     assert info.version == 2
     assert terms == [1, 2]
-    assert sealed_with == {1: 1, 2: 2}
     assert (await running.client.get("JWT_SECRET", 1)).value == old.value
+    assert REGISTRY.get_sample_value("secretsvc_reseal_pending_versions") == 0
 
 
 async def test_scheduler_rotates_what_falls_due(db_url: str, clock: FakeClock) -> None:

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Mapping
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from secretsvc_client._proto import secrets_pb2 as pb
@@ -50,6 +51,7 @@ class SecretsServer:
             catalog=catalog,
             environ=os.environ if environ is None else environ,
             clock=clock,
+            reseal_batch=settings.reseal_batch,
         )
         self.scheduler = RotationScheduler(
             self.manager, period=settings.rotation_interval, clock=clock
@@ -107,6 +109,10 @@ class SecretsServer:
         self._server = server
 
         self.scheduler.start()
+        if self.settings.metrics_listen:
+            host, _, port = self.settings.metrics_listen.rpartition(":")
+            prometheus_client.start_http_server(int(port), addr=host or "127.0.0.1")
+            logger.info("metrics on http://%s/metrics", self.settings.metrics_listen)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = self.settings.listen.rsplit(":", 1)[0]

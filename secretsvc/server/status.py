@@ -17,6 +17,7 @@ STATUS_CODES: dict[type[errors.SecretsError], grpc.StatusCode] = {
     errors.NotRotatable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SecretCorrupted: grpc.StatusCode.DATA_LOSS,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.RootKeyChanged: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -23,6 +23,7 @@ from secretsvc.model import (
     MasterUser,
     NewVersion,
     Reason,
+    ResealCandidate,
     RotationEventRecord,
     SecretRecord,
     Stage,
@@ -241,6 +242,29 @@ class StoreTransaction:
 
         return stored
 
+    async def replace_meta(self, meta: StoreMeta) -> None:
+        """Store a new root-key salt and verifier."""
+        m = t.store_meta
+        await self._conn.execute(
+            sa.update(m)
+            .where(m.c.id == 1)
+            .values(key_salt=meta.key_salt, key_verifier=meta.key_verifier)
+        )
+
+    async def replace_key_term(self, term: int, wrapped_key: bytes) -> None:
+        """Store a keyring term's data key wrapped anew."""
+        k = t.keyring
+        await self._conn.execute(
+            sa.update(k).where(k.c.term == term).values(wrapped_key=wrapped_key)
+        )
+
+    async def set_encrypted_value(self, name: str, value: bytes) -> None:
+        """Set a secret row's encrypted_value column."""
+        s = t.application_secrets
+        await self._conn.execute(
+            sa.update(s).where(s.c.name == name).values(encrypted_value=value)
+        )
+
     async def key_terms(self) -> list[tuple[int, bytes]]:
         """Return every keyring term with its wrapped data key."""
         query = sa.select(t.keyring.c.term, t.keyring.c.wrapped_key).order_by(
@@ -399,6 +423,66 @@ class StoreTransaction:
             "created_by": new.created_by,
         }
         await self._conn.execute(sa.insert(t.secret_versions).values(**values))
+
+    async def versions_to_reseal(
+        self, term: int, after_id: int, limit: int
+    ) -> list[ResealCandidate]:
+        """Lock up to ``limit`` kept versions sealed under a term older than ``term``.
+
+        Rows another writer holds are skipped; ``after_id`` pages through.
+        """
+        s, v = t.application_secrets, t.secret_versions
+        query = (
+            sa.select(v.c.id, v.c.secret_id, s.c.name, v.c.version, v.c.stage)
+            .add_columns(v.c.sealed_value)
+            .join(s, s.c.id == v.c.secret_id)
+            .where(
+                v.c.key_term < term,
+                v.c.sealed_value.is_not(None),
+                v.c.id > after_id,
+            )
+            .order_by(v.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=v)
+        )
+        return [
+            ResealCandidate(
+                row_id=row.id,
+                secret_id=row.secret_id,
+                name=row.name,
+                version=row.version,
+                current=row.stage == Stage.CURRENT.value,
+                sealed_value=row.sealed_value,
+            )
+            for row in await self._conn.execute(query)
+        ]
+
+    async def count_to_reseal(self, term: int) -> int:
+        """Count the kept versions sealed under a term older than ``term``."""
+        v = t.secret_versions
+        query = (
+            sa.select(sa.func.count())
+            .select_from(v)
+            .where(v.c.key_term < term, v.c.sealed_value.is_not(None))
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def reseal(
+        self, candidate: ResealCandidate, sealed: bytes, term: int
+    ) -> None:
+        """Replace a version's ciphertext with one sealed under ``term``."""
+        s, v = t.application_secrets, t.secret_versions
+        await self._conn.execute(
+            sa.update(v)
+            .where(v.c.id == candidate.row_id)
+            .values(sealed_value=sealed, key_term=term)
+        )
+        if candidate.current:
+            await self._conn.execute(
+                sa.update(s)
+                .where(s.c.id == candidate.secret_id)
+                .values(encrypted_value=sealed)
+            )
 
     async def postpone(self, name: str, due: datetime | None) -> None:
         """Set when a secret next falls due, without a new version."""
