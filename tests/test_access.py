@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -273,3 +276,51 @@ async def test_loopback_server_without_auth_says_so(tmp_path: Path) -> None:
         assert server.terminate() == 0
 
     assert "no authentication configured" in server.output()
+
+
+async def test_token_and_audit_commands(tmp_path: Path) -> None:
+    """`token create/list/revoke` and `audit` work as a new operator would use them."""
+    url = sqlite_url(tmp_path / "s.db")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SECRETSVC_")},
+        "SECRETSVC_DATABASE_URL": url,
+    }
+    policy = tmp_path / "admin.toml"
+    policy.write_text('[[grant]]\nactions = ["admin"]\nsecrets = ["*"]\n')
+
+    def secretsvc(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "secretsvc", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    created = secretsvc("token", "create", "--name", "ops", "--policy", str(policy))
+    token = created.stdout.strip()
+    server = ServerProcess(
+        tmp_path, url, PASSWORD_MASTER_KEY="k" * 40, SECRETSVC_AUTH="token"
+    ).start()
+    try:
+        await server.wait_ready()
+        target = {"SECRETSVC_TARGET": server.target}
+        refused = secretsvc("init", "--user", "alice", **target)
+        init = secretsvc("init", "--user", "alice", SECRETSVC_TOKEN=token, **target)
+        audit = secretsvc("audit", "--limit", "5", SECRETSVC_TOKEN=token, **target)
+        listing = secretsvc("token", "list")
+        revoked = secretsvc("token", "revoke", "--name", "ops")
+    finally:
+        assert server.terminate() == 0
+
+    assert created.returncode == 0, created.stderr
+    assert token.startswith("sst_")
+    assert refused.returncode == 1
+    assert "unauthenticated" in refused.stderr
+    assert init.returncode == 0, init.stderr
+    assert "token:ops initialize - ok" in audit.stdout
+    assert "unknown" in audit.stdout
+    assert "ops" in listing.stdout
+    assert token not in listing.stdout + server.output() + audit.stdout
+    assert revoked.returncode == 0
