@@ -84,8 +84,8 @@ def check_name(name: str) -> str:
         return name
     if not name:
         raise InvalidRequest("secret name is empty")
-    shown = repr(name) if len(name) <= 64 and name.isprintable() else "given"
-    raise InvalidRequest(f"secret name {shown} is not {NAME_RULE}")
+    # A malformed name is never echoed: it may be a value pasted by mistake.
+    raise InvalidRequest(f"secret name ({len(name)} characters) is not {NAME_RULE}")
 
 
 class _Entry(BaseModel):

@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from secretsvc.crypto import MIN_ROOT_KEY_LENGTH
@@ -60,12 +60,12 @@ class Settings(BaseSettings):
 
     root_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("PASSWORD_MASTER_KEY", "root_key"),
+        validation_alias="PASSWORD_MASTER_KEY",
         repr=False,
     )
     root_key_file: Path | None = Field(
         default=None,
-        validation_alias=AliasChoices("PASSWORD_MASTER_KEY_FILE", "root_key_file"),
+        validation_alias="PASSWORD_MASTER_KEY_FILE",
     )
 
 

@@ -7,11 +7,13 @@ Reads are served from sealed versions held in memory; each read opens one.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import (
     AsyncGenerator,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -20,6 +22,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from prometheus_client import Gauge
 
@@ -64,6 +67,8 @@ from secretsvc.store import Store, StoreTransaction, migrate
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RESEAL_PENDING = Gauge(
     "secretsvc_reseal_pending_versions",
     "Kept secret versions still sealed under an older keyring term.",
@@ -80,6 +85,8 @@ WATCH_POLL_SECONDS = 5.0
 # notification arrives (always, on SQLite).
 FOLLOW_POLL_SECONDS = 1.0
 FOLLOW_BATCH = 500
+# How many of the latest events watchers are served from memory.
+RECENT_EVENTS = 4096
 RESEAL_BATCH = 100
 DEFAULT_AUDIT_PAGE = 100
 MAX_AUDIT_PAGE = 1000
@@ -187,6 +194,10 @@ class SecretManager:
         # Woken when memory reflects new events, up to ``_applied``.
         self.hub = hub or EventHub()
         self._applied = 0
+        # The latest events, shared by every watcher: all those with ids in
+        # (_recent_floor, _applied], oldest first.
+        self._recent: list[RotationEventRecord] = []
+        self._recent_floor = 0
         self._follower: asyncio.Task[None] | None = None
         self._reseal_batch = reseal_batch
         self._reseal_wanted = asyncio.Event()
@@ -242,6 +253,7 @@ class SecretManager:
     async def _load(self) -> None:
         async with self._store.read() as tx:
             self._applied = await tx.last_event_id()
+            self._recent_floor = self._applied
             await self._load_keyring(tx)
             master = await tx.master_user()
             records = await tx.secrets()
@@ -317,6 +329,28 @@ class SecretManager:
             if caught_up:
                 await self._log_changed.wait(changed, FOLLOW_POLL_SECONDS)
 
+    def _remember(self, events: Sequence[RotationEventRecord]) -> None:
+        self._recent.extend(events)
+        if len(self._recent) > 2 * RECENT_EVENTS:
+            dropped = self._recent[:-RECENT_EVENTS]
+            self._recent = self._recent[-RECENT_EVENTS:]
+            self._recent_floor = dropped[-1].event_id
+
+    def _recent_events(
+        self, cursor: int, upto: int, names: Sequence[str]
+    ) -> list[RotationEventRecord] | None:
+        """Return the events in (cursor, upto] from memory, or None if too old."""
+        if cursor < self._recent_floor:
+            return None
+        recent = self._recent
+        start = bisect.bisect_right(recent, cursor, key=lambda e: e.event_id)
+        end = bisect.bisect_right(recent, upto, key=lambda e: e.event_id)
+        batch = recent[start:end]
+        if names:
+            wanted = set(names)
+            batch = [event for event in batch if event.name in wanted]
+        return batch
+
     async def _apply_new_events(self) -> bool:
         """Apply the next batch of events; return True when none are left."""
         async with self._store.read() as tx:
@@ -335,6 +369,7 @@ class SecretManager:
         if master is not None:
             self._master = master.user_id
         self._applied = events[-1].event_id
+        self._remember(events)
         self.hub.publish()
 
         return len(events) < FOLLOW_BATCH
@@ -447,7 +482,7 @@ class SecretManager:
                     skipped=self._skipped(),
                 )
             else:
-                outcome = await self._initialize(user_id, actor)
+                outcome = await _to_the_end(self._initialize(user_id, actor))
 
         detail = f"user_id={user_id}" + (", master" if outcome.is_master else "")
         self.audit.record(actor, "initialize", "ok", detail=detail)
@@ -664,7 +699,7 @@ class SecretManager:
             check_name(name)
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
-            meta = await self._rotate(policy, reason, actor)
+            meta = await _to_the_end(self._rotate(policy, reason, actor))
         assert meta is not None
         return meta
 
@@ -678,7 +713,9 @@ class SecretManager:
         with self._audited(actor, "rotate", name, None):
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
-            return await self._rotate(policy, Reason.SCHEDULED, actor, only_if_due=True)
+            return await _to_the_end(
+                self._rotate(policy, Reason.SCHEDULED, actor, only_if_due=True)
+            )
 
     def _rotatable(self, name: str) -> SecretPolicy:
         check_name(name)
@@ -819,10 +856,12 @@ class SecretManager:
             if cursor >= applied:
                 await self.hub.wait(changed, WATCH_POLL_SECONDS)
                 continue
-            async with self._store.read() as tx:
-                batch = await tx.events_after(
-                    cursor, names, upto=applied, limit=FOLLOW_BATCH
-                )
+            batch = self._recent_events(cursor, applied, names)
+            if batch is None:
+                async with self._store.read() as tx:
+                    batch = await tx.events_after(
+                        cursor, names, upto=applied, limit=FOLLOW_BATCH
+                    )
             for event in batch:
                 cursor = event.event_id
                 # A stream carries only the events its caller may read.
@@ -837,6 +876,18 @@ class SecretManager:
 
 
 _LISTING_ACTIONS = (Action.READ, Action.ROTATE, Action.WRITE)
+
+
+async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
+    """Run a write to its end even if the caller is cancelled meanwhile.
+
+    A transaction cut off mid-statement can keep holding the store's write
+    lock; a client's deadline must not do that to every other writer.
+    """
+    task = asyncio.ensure_future(write)
+    # Nobody may be left to read the outcome; take it so it is not reported.
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(task)
 
 
 def _check_user_id(user_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -217,3 +218,70 @@ async def test_dev_key_file_is_created_private(tmp_path: Path, db_path: Path) ->
         await again.wait_ready()
     finally:
         assert again.terminate() == 0
+
+
+async def test_second_server_on_a_taken_port_refuses_to_start(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Two servers never share a port: the second exits, saying the port is taken."""
+    first = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY)
+    first.start()
+    try:
+        await first.wait_ready()
+        second = ServerProcess(
+            tmp_path, sqlite_url(tmp_path / "other.db"), PASSWORD_MASTER_KEY=ROOT_KEY
+        )
+        second.port, second.target = first.port, first.target
+        second.env["SECRETSVC_LISTEN"] = first.target
+        second.log_path = tmp_path / "second.log"
+        code = second.run_to_exit()
+    finally:
+        assert first.terminate() == 0
+
+    assert code != 0
+    assert f"cannot listen on {first.target}" in second.output().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("foo://nowhere", "database URL"),
+        ("postgresql+asyncpg://nobody@127.0.0.1:1/none", "cannot be reached"),
+    ],
+    ids=["unknown-scheme", "unreachable"],
+)
+def test_bad_store_exits_with_one_line(tmp_path: Path, url: str, problem: str) -> None:
+    """A store that cannot be used is one line, without a password."""
+    server = ServerProcess(tmp_path, url, PASSWORD_MASTER_KEY=ROOT_KEY)
+
+    assert server.run_to_exit() != 0
+    assert problem in one_line(server.output())
+
+
+async def test_interrupted_watch_command_exits_quietly(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Ctrl-C on `secretsvc watch` ends it with status 0 and no traceback."""
+    server = ServerProcess(tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY)
+    server.start()
+    try:
+        await server.wait_ready()
+        run_cli(server.target, "init", "--user", "alice")
+        with subprocess.Popen(
+            [sys.executable, "-m", "secretsvc", "watch", "--target", server.target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # Started from a test, it would otherwise ignore SIGINT.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        ) as watch:
+            assert watch.stdout is not None
+            first = watch.stdout.readline()
+            watch.send_signal(signal.SIGINT)
+            _, err = watch.communicate(timeout=15)
+    finally:
+        assert server.terminate() == 0
+
+    assert "PASSWORD_MASTER_KEY v0 -> v1" in first
+    assert watch.returncode == 0
+    assert "Traceback" not in err

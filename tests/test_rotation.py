@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
-from secretsvc_client import FailedPreconditionError, NotFoundError
+from secretsvc_client import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    NotFoundError,
+    SecretsClient,
+)
 
 from secretsvc.access import Caller
 from secretsvc.model import Reason
@@ -20,6 +28,7 @@ from tests.helpers import (
     execute_sql,
     poll_until,
     running_server,
+    sqlite_url,
 )
 
 
@@ -254,3 +263,35 @@ async def test_scheduler_and_rpc_share_the_rotation_path(
     reasons = [(await anext(events)).reason for _ in range(3)]
     await events.aclose()
     assert reasons == [Reason.SCHEDULED] * 3
+
+
+async def test_cancelled_rotations_release_the_store(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Rotations whose callers give up still finish; the write lock is freed."""
+    async with running_server(sqlite_url(db_path), clock=clock) as server:
+        await server.client.initialize("alice")
+        async with SecretsClient(server.target, timeout=0.004) as hasty:
+            for _ in range(20):
+                with contextlib.suppress(DeadlineExceededError):
+                    await hasty.rotate("JWT_SECRET")
+
+        def lock_is_free() -> bool:
+            conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return True
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                conn.close()
+
+        async def free() -> bool:
+            return lock_is_free()
+
+        await poll_until(free, within=5)
+        info = await server.client.rotate("JWT_SECRET")
+        listed = {s.name: s.current_version for s in await server.client.list()}
+
+    assert info.version == listed["JWT_SECRET"]

@@ -19,7 +19,7 @@ from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 from secretsvc.access import Authenticator, load_tls_identities
 from secretsvc.catalog import load_catalog
 from secretsvc.config import Settings
-from secretsvc.errors import StartupError
+from secretsvc.errors import StartupError, StoreUnavailable
 from secretsvc.rotation.scheduler import RotationScheduler
 from secretsvc.server.servicer import SecretServicer
 from secretsvc.service import Clock, SecretManager, utc_now
@@ -80,12 +80,20 @@ class SecretsServer:
         try:
             await self.manager.start()
             await self.authenticator.start()
+        except StoreUnavailable:
+            await self.manager.close()
+            await self.store.close()
+            raise StartupError(
+                f"the store {redact_url(self.settings.database_url)} cannot be reached"
+            ) from None
         except BaseException:
             await self.manager.close()
             await self.store.close()
             raise
 
-        server = grpc.aio.server()
+        # Without SO_REUSEPORT a second server on a taken port fails to start
+        # instead of silently sharing the port.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         servicer = SecretServicer(self.manager, self.authenticator)
         pb_grpc.add_SecretServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -52,7 +53,7 @@ def _log_call(
     method: str,
     code: grpc.StatusCode,
     started: float,
-    context: Context,
+    peer: str,
     detail: str = "",
 ) -> None:
     if not logger.isEnabledFor(logging.INFO):
@@ -63,7 +64,7 @@ def _log_call(
         method,
         code.name,
         elapsed_ms,
-        context.peer(),
+        peer,
         f" detail={detail!r}" if detail else "",
     )
 
@@ -101,16 +102,21 @@ def unary(
         self: SecretServicer, request: Request, context: Context
     ) -> Reply:
         started = time.perf_counter()
+        # Read once: a cancelled call's context must not be touched again.
+        peer = context.peer()
         try:
             caller = self.authenticate(context, method.__name__)
             reply = await method(self, request, context, caller)
+        except asyncio.CancelledError:
+            _log_call(method.__name__, grpc.StatusCode.CANCELLED, started, peer)
+            raise
         except Exception as error:
             code, message = _failure(method.__name__, error)
         else:
-            _log_call(method.__name__, grpc.StatusCode.OK, started, context)
+            _log_call(method.__name__, grpc.StatusCode.OK, started, peer)
             return reply
 
-        _log_call(method.__name__, code, started, context, message)
+        _log_call(method.__name__, code, started, peer, message)
         await context.abort(code, message)
 
     return handler
@@ -126,6 +132,8 @@ def streaming(
         self: SecretServicer, request: Request, context: Context
     ) -> AsyncGenerator[Reply]:
         started = time.perf_counter()
+        # Read once: a cancelled call's context must not be touched again.
+        peer = context.peer()
         try:
             caller = self.authenticate(context, method.__name__)
             replies = method(self, request, context, caller)
@@ -135,13 +143,13 @@ def streaming(
         except Exception as error:
             code, message = _failure(method.__name__, error)
         except BaseException:
-            _log_call(method.__name__, grpc.StatusCode.CANCELLED, started, context)
+            _log_call(method.__name__, grpc.StatusCode.CANCELLED, started, peer)
             raise
         else:
-            _log_call(method.__name__, grpc.StatusCode.OK, started, context)
+            _log_call(method.__name__, grpc.StatusCode.OK, started, peer)
             return
 
-        _log_call(method.__name__, code, started, context, message)
+        _log_call(method.__name__, code, started, peer, message)
         await context.abort(code, message)
 
     return handler

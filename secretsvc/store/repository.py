@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from secretsvc.errors import StoreUnavailable
+from secretsvc.errors import StartupError, StoreUnavailable
 from secretsvc.model import (
     AuditQuery,
     AuditRecord,
@@ -72,7 +72,16 @@ class Store:
     @classmethod
     def open(cls, url: str) -> Store:
         """Create the engine for ``url``; the file's folder is made for SQLite."""
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+            if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+                raise sa.exc.ArgumentError(parsed.get_backend_name())
+        except sa.exc.ArgumentError:
+            # Not echoed: a malformed URL may still hold a password.
+            raise StartupError(
+                "the database URL is not a sqlite+aiosqlite:// or "
+                "postgresql+asyncpg:// URL"
+            ) from None
         options: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database
@@ -83,7 +92,12 @@ class Store:
             # After an outage, pooled connections are dead: test each on checkout.
             options["pool_pre_ping"] = True
             options["connect_args"] = {"timeout": CONNECT_TIMEOUT_SECONDS}
-        engine = create_async_engine(url, **options)
+        try:
+            engine = create_async_engine(parsed, **options)
+        except (sa.exc.ArgumentError, ImportError) as error:
+            raise StartupError(
+                f"the database URL {redact_url(url)} cannot be used: {error}"
+            ) from None
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Awaitable, Iterator, Sequence
 from types import TracebackType
@@ -102,15 +103,24 @@ class BlockingSecretsClient:
     ) -> Iterator[RotationEvent]:
         """Yield rotation events as :meth:`SecretsClient.watch` does."""
         events = self._client.watch(since_event_id, names)
+        pending: concurrent.futures.Future[RotationEvent] | None = None
         try:
             while True:
-                yield self._run(anext(events))
+                pending = self._submit(anext(events))
+                yield pending.result()
         finally:
+            # Interrupted while waiting (Ctrl-C): stop the wait before closing.
+            if pending is not None and not pending.done():
+                pending.cancel()
+                concurrent.futures.wait([pending], timeout=5)
             if self._loop.is_running():
                 self._run(events.aclose())
 
     def _run(self, awaitable: Awaitable[T]) -> T:
+        return self._submit(awaitable).result()
+
+    def _submit(self, awaitable: Awaitable[T]) -> concurrent.futures.Future[T]:
         async def wrapped() -> T:
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop)

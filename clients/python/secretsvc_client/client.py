@@ -16,7 +16,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
-from secretsvc_client.errors import NotFoundError, from_rpc_error
+from secretsvc_client.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    from_rpc_error,
+)
 from secretsvc_client.models import (
     AuditPage,
     InitializeResult,
@@ -148,7 +152,12 @@ class SecretsClient:
 
     async def get(self, name: str, version: int | None = None) -> Secret:
         """Read a secret: its current version, or the version given."""
-        request = pb.GetSecretRequest(name=name, version=version or 0)
+        try:
+            request = pb.GetSecretRequest(name=name, version=version or 0)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"version {version} is out of range", code="INVALID_ARGUMENT"
+            ) from None
         reply = await self._call(self._stub.GetSecret, request)
         return Secret.from_proto(reply)
 
