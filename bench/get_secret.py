@@ -7,11 +7,17 @@ window. The table gives requests, requests per second, p50 and p99 latency,
 the CPU each side used, the server's CPU per call, and the ratio
 secretsvc/minimal.
 
+With ``--auth`` it measures what bearer-token authentication costs instead:
+secretsvc runs without authentication, then with SECRETSVC_AUTH=token and a
+token created beforehand with ``secretsvc token create``, which every client
+sends as ``authorization: Bearer`` metadata; the ratios are token/no auth.
+
 The load generator is one Python process on the same machine: it shares the
 cores with the server under test, and its own CPU column shows when it, not
 the server, is the limit.
 
     python bench/get_secret.py --clients 8 --seconds 5
+    python bench/get_secret.py --clients 8 --seconds 5 --auth
 """
 
 from __future__ import annotations
@@ -47,9 +53,18 @@ BENCH_USER = "bench-user"
 ROOT_KEY = "bench-only-root-key-0123456789abcdefghij"
 MINIMAL_SERVER = Path(__file__).with_name("minimal_server.py")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Who the bench token is for; the server audits its calls as token:bench.
+BENCH_CALLER = "bench"
+# The bench token may read and initialize every secret, as its calls need.
+BENCH_POLICY = """\
+[[grant]]
+actions = ["read", "initialize"]
+secrets = ["*"]
+"""
 
 READY_WITHIN = 30.0
 READY_POLL = 0.05
+TOKEN_WITHIN = 60.0
 CALL_TIMEOUT = 10.0
 STOP_WITHIN = 10.0
 # A bound on each client's loop besides the clock.
@@ -106,7 +121,10 @@ class Measurement:
 
 
 class ServerProcess:
-    """A server under test, run as its own process with its output in a file."""
+    """A server under test, run as its own process with its output in a file.
+
+    ``token``, when set, is the bearer token every client of it sends.
+    """
 
     def __init__(
         self,
@@ -122,6 +140,7 @@ class ServerProcess:
         self.argv = [*argv]
         self.env = env
         self.workdir = workdir
+        self.token: str | None = None
         self.log_path = workdir / f"{name.split()[0]}-{port}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -143,6 +162,10 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def client(self, timeout: float) -> SecretsClient:
+        """Return a new client of this server, with its own channel."""
+        return SecretsClient(self.target, timeout=timeout, token=self.token)
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
@@ -205,18 +228,60 @@ def clean_environ() -> dict[str, str]:
     }
 
 
-def secretsvc_process(workdir: Path, log_level: str) -> ServerProcess:
-    """Prepare a ``secretsvc serve`` process with a fresh SQLite store."""
+def secretsvc_process(
+    workdir: Path, log_level: str, *, auth: str = "none"
+) -> ServerProcess:
+    """Prepare a ``secretsvc serve`` process with a fresh SQLite store.
+
+    With ``auth="token"`` every call needs a bearer token: give the server
+    one with :func:`create_token` before starting it.
+    """
     port = free_port()
-    database = workdir / f"bench-{log_level.lower()}.db"
+    database = workdir / f"bench-{log_level.lower()}-{auth}.db"
     env = clean_environ()
     env["SECRETSVC_LISTEN"] = f"127.0.0.1:{port}"
     env["SECRETSVC_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
     env["SECRETSVC_LOG_LEVEL"] = log_level
+    env["SECRETSVC_AUTH"] = auth
     env["PASSWORD_MASTER_KEY"] = ROOT_KEY
     argv = [sys.executable, "-m", "secretsvc", "serve"]
+    name = f"secretsvc ({log_level})"
+    if auth != "none":
+        name = f"secretsvc ({log_level}, {auth})"
 
-    return ServerProcess(f"secretsvc ({log_level})", port, argv, env, workdir)
+    return ServerProcess(name, port, argv, env, workdir)
+
+
+async def create_token(server: ServerProcess) -> None:
+    """Create a token in the store of ``server``, not started yet, and set it."""
+    policy = server.workdir / "bench-policy.toml"
+    policy.write_text(BENCH_POLICY)
+    command = (sys.executable, "-m", "secretsvc", "token", "create")
+    options = ("--name", BENCH_CALLER, "--policy", str(policy))
+
+    # The command finds the store through SECRETSVC_DATABASE_URL.
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        *options,
+        cwd=server.workdir,
+        env=server.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(TOKEN_WITHIN):
+            out, err = await process.communicate()
+    finally:
+        # A timeout or SIGTERM leaves the command running: stop it.
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        detail = err.decode(errors="replace").strip()
+        raise BenchError(f"token create exited with {process.returncode}: {detail}")
+
+    # The command prints the token alone, once.
+    server.token = out.decode().strip()
 
 
 def minimal_process(workdir: Path) -> ServerProcess:
@@ -233,7 +298,7 @@ async def wait_ready(server: ServerProcess) -> None:
     while time.monotonic() < deadline:
         server.check_running()
         # A fresh channel each time: a failed one waits out a reconnect backoff.
-        async with SecretsClient(server.target, timeout=1.0) as client:
+        async with server.client(timeout=1.0) as client:
             try:
                 await client.get(READ_NAME)
             except (UnavailableError, DeadlineExceededError):
@@ -249,7 +314,7 @@ async def wait_ready(server: ServerProcess) -> None:
 
 async def initialize(server: ServerProcess) -> None:
     """Report a login, as the auth service does, so that the secrets exist."""
-    async with SecretsClient(server.target, timeout=CALL_TIMEOUT) as client:
+    async with server.client(timeout=CALL_TIMEOUT) as client:
         outcome = await client.initialize(BENCH_USER)
     if READ_NAME not in (*outcome.generated, *outcome.already_present):
         raise BenchError(f"{server.name} did not create {READ_NAME}: {outcome}")
@@ -273,9 +338,7 @@ async def call_in_loop(
 
 async def drive(server: ServerProcess, load: Load) -> Measurement:
     """Drive GetSecret on ``server`` with ``load``; return what it measured."""
-    clients = [
-        SecretsClient(server.target, timeout=CALL_TIMEOUT) for _ in range(load.clients)
-    ]
+    clients = [server.client(timeout=CALL_TIMEOUT) for _ in range(load.clients)]
     try:
         # Connect every channel before the clock starts.
         await asyncio.gather(*(client.get(READ_NAME) for client in clients))
@@ -322,7 +385,13 @@ async def run_one(
     return measurement
 
 
-async def run_all(load: Load, log_levels: Sequence[str]) -> list[Measurement]:
+# A line of ratios: its label, the measurement, and the baseline it is over.
+Comparison = tuple[str, Measurement, Measurement]
+
+
+async def run_against_minimal(
+    load: Load, log_levels: Sequence[str]
+) -> tuple[list[Measurement], list[Comparison]]:
     """Measure secretsvc at each log level, then the minimal server."""
     measurements = []
     with tempfile.TemporaryDirectory(prefix="secretsvc-bench-") as tmp:
@@ -331,19 +400,52 @@ async def run_all(load: Load, log_levels: Sequence[str]) -> list[Measurement]:
             server = secretsvc_process(workdir, level)
             measured = await run_one(server, load, needs_initialize=True)
             measurements.append(measured)
-        minimal = minimal_process(workdir)
-        measurements.append(await run_one(minimal, load, needs_initialize=False))
+        minimal_server = minimal_process(workdir)
+        minimal = await run_one(minimal_server, load, needs_initialize=False)
 
-    return measurements
+    compared = []
+    for m in measurements:
+        label = f"{m.server if len(log_levels) > 1 else 'secretsvc'}/minimal"
+        compared.append((label, m, minimal))
+
+    return [*measurements, minimal], compared
 
 
-async def run_until_sigterm(load: Load, log_levels: Sequence[str]) -> list[Measurement]:
+async def run_auth_cost(
+    load: Load, log_levels: Sequence[str]
+) -> tuple[list[Measurement], list[Comparison]]:
+    """Measure secretsvc at each log level without, then with token auth."""
+    measurements: list[Measurement] = []
+    compared = []
+    with tempfile.TemporaryDirectory(prefix="secretsvc-bench-") as tmp:
+        workdir = Path(tmp)
+        for level in log_levels:
+            plain = secretsvc_process(workdir, level)
+            without = await run_one(plain, load, needs_initialize=True)
+            guarded = secretsvc_process(workdir, level, auth="token")
+            await create_token(guarded)
+            with_token = await run_one(guarded, load, needs_initialize=True)
+
+            label = "token/no auth"
+            if len(log_levels) > 1:
+                label = f"{level} {label}"
+            measurements += [without, with_token]
+            compared.append((label, with_token, without))
+
+    return measurements, compared
+
+
+async def run_until_sigterm(
+    load: Load, log_levels: Sequence[str], *, auth: bool
+) -> tuple[list[Measurement], list[Comparison]]:
     """Run the benchmark; SIGTERM cancels it, as Ctrl-C does, so servers stop."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
-    return await run_all(load, log_levels)
+    if auth:
+        return await run_auth_cost(load, log_levels)
+    return await run_against_minimal(load, log_levels)
 
 
 def cpu_percent(seconds: float | None, elapsed: float) -> str:
@@ -360,15 +462,17 @@ def per_call_us(seconds: float | None) -> str:
     return f"{seconds * 1e6:.0f}"
 
 
-def ratio(service: float | None, minimal: float | None) -> str:
-    """Format secretsvc's figure over the minimal server's."""
-    if service is None or not minimal:
+def ratio(measured: float | None, baseline: float | None) -> str:
+    """Format a figure over the same figure of the baseline."""
+    if measured is None or not baseline:
         return "-"
-    return f"{service / minimal:.2f}"
+    return f"{measured / baseline:.2f}"
 
 
-def table(load: Load, measurements: Sequence[Measurement]) -> str:
-    """Lay the measurements out as a table, with secretsvc/minimal ratios."""
+def table(
+    load: Load, measurements: Sequence[Measurement], compared: Sequence[Comparison]
+) -> str:
+    """Lay the measurements out as a table, then a line of ratios per comparison."""
     cores = os.cpu_count() or 0
     clients = f"{load.clients} client{'s' if load.clients > 1 else ''}"
     header = (
@@ -389,13 +493,11 @@ def table(load: Load, measurements: Sequence[Measurement]) -> str:
             f"{per_call_us(m.server_cpu_per_call):>10}"
         )
 
-    *services, minimal = measurements
-    for m in services:
-        label = f"{m.server if len(services) > 1 else 'secretsvc'}/minimal"
-        rate = ratio(m.rate, minimal.rate)
-        p50 = ratio(m.percentile_ms(50), minimal.percentile_ms(50))
-        p99 = ratio(m.percentile_ms(99), minimal.percentile_ms(99))
-        cpu = ratio(m.server_cpu_per_call, minimal.server_cpu_per_call)
+    for label, m, base in compared:
+        rate = ratio(m.rate, base.rate)
+        p50 = ratio(m.percentile_ms(50), base.percentile_ms(50))
+        p99 = ratio(m.percentile_ms(99), base.percentile_ms(99))
+        cpu = ratio(m.server_cpu_per_call, base.server_cpu_per_call)
         lines.append(
             f"{label:<27} {'':>8} {rate:>6} {p50:>6} {p99:>6} {'':>8} {'':>8} {cpu:>10}"
         )
@@ -418,6 +520,12 @@ def positive(kind: type[int] | type[float], limit: float) -> Callable[[str], flo
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Load GetSecret on secretsvc and on a minimal grpc.aio server."
+    )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="compare secretsvc with bearer-token auth against it without, "
+        "instead of against the minimal server",
     )
     parser.add_argument(
         "--clients",
@@ -449,13 +557,14 @@ def main() -> None:
     load = Load(clients=args.clients, seconds=args.seconds, warmup=args.warmup)
     try:
         levels = args.log_levels or ["WARNING"]
-        measurements = asyncio.run(run_until_sigterm(load, levels))
+        run = run_until_sigterm(load, levels, auth=args.auth)
+        measurements, compared = asyncio.run(run)
     except (BenchError, SecretsError) as error:
         sys.exit(f"bench failed: {error}")
     except asyncio.CancelledError:
         print("bench stopped by SIGTERM", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
-    print(table(load, measurements))
+    print(table(load, measurements, compared))
 
 
 if __name__ == "__main__":

@@ -173,3 +173,25 @@ async def test_client_watch_resumes_across_a_server_restart(
         ("JWT_SECRET", 2),
         ("CSRF_SECRET", 2),
     ]
+
+
+async def test_closing_the_client_ends_its_watch(running: RunningServer) -> None:
+    """A watch whose client is closed ends quietly instead of raising."""
+    await running.client.initialize("alice")
+    client = SecretsClient(running.target)
+    seen: list[RotationEvent] = []
+
+    async def follow() -> None:
+        async for event in client.watch():
+            seen.append(event)
+
+    watcher = asyncio.create_task(follow())
+
+    async def caught_up() -> bool:
+        return len(seen) == 3
+
+    await poll_until(caught_up)
+    await client.close()
+
+    await asyncio.wait_for(watcher, timeout=10)
+    assert [e.event_id for e in seen] == [1, 2, 3]

@@ -127,6 +127,7 @@ class SecretsClient:
                 else grpc.aio.insecure_channel(target)
             )
         self._channel = channel
+        self._closed = False
         self._stub = pb_grpc.SecretServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SecretsClient:
@@ -142,6 +143,7 @@ class SecretsClient:
 
     async def close(self) -> None:
         """Close the channel; open watches end."""
+        self._closed = True
         await self._channel.close()
 
     async def initialize(self, user_id: str) -> InitializeResult:
@@ -234,7 +236,14 @@ class SecretsClient:
                     cursor = event.event_id
                     delay = RECONNECT_FIRST_DELAY
                     yield event
+            except asyncio.CancelledError:
+                # The channel was closed under the stream: the watch is over.
+                if self._closed:
+                    return
+                raise
             except grpc.aio.AioRpcError as error:
+                if self._closed:
+                    return
                 if error.code() not in _RESUMABLE:
                     raise from_rpc_error(error) from None
                 logger.warning(
@@ -246,6 +255,8 @@ class SecretsClient:
             finally:
                 call.cancel()
 
+            if self._closed:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
