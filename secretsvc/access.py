@@ -12,8 +12,8 @@ import logging
 import re
 import secrets
 import tomllib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -80,6 +80,13 @@ class Caller:
 
     identity: str
     grants: tuple[Grant, ...]
+    # Whether the credential still holds: a long stream asks again.
+    still_valid: Callable[[], bool] = field(default=lambda: True, compare=False)
+
+    def require_valid(self) -> None:
+        """Raise Unauthenticated once the caller's credential was revoked."""
+        if not self.still_valid():
+            raise Unauthenticated(f"the credential of {self.identity} was revoked")
 
     def allows(self, action: Action, name: str | None = None) -> bool:
         """Tell whether the caller may do ``action`` (on ``name``)."""
@@ -132,14 +139,17 @@ def parse_policy(text: str, source: str) -> tuple[Grant, ...]:
         raise StartupError(f"policy {source}: {where}: {first['msg']}") from None
     grants = []
     for entry in parsed.grant:
-        for pattern in entry.secrets:
-            if not _PATTERN.fullmatch(pattern):
-                raise StartupError(
-                    f"policy {source}: secret pattern {pattern!r} may hold only "
-                    "A-Z, 0-9, _ and *"
-                )
+        _check_patterns(entry.secrets, f"policy {source}")
         grants.append(Grant(frozenset(entry.actions), tuple(entry.secrets)))
     return tuple(grants)
+
+
+def _check_patterns(patterns: list[str], where: str) -> None:
+    for pattern in patterns:
+        if not _PATTERN.fullmatch(pattern):
+            raise StartupError(
+                f"{where}: secret pattern {pattern!r} may hold only A-Z, 0-9, _ and *"
+            )
 
 
 def load_policy(path: Path) -> tuple[Grant, ...]:
@@ -287,7 +297,11 @@ class Authenticator:
         if not hmac.compare_digest(_digest(secret), expected) or found is None:
             raise Unauthenticated("the bearer token is not valid or was revoked")
         record, grants = found
-        return Caller(f"token:{record.name}", grants)
+        return Caller(
+            f"token:{record.name}",
+            grants,
+            still_valid=lambda: token_id in self._tokens,
+        )
 
 
 def token_summary(record: TokenRecord) -> str:
@@ -341,13 +355,26 @@ def load_tls_identities(path: Path) -> dict[str, tuple[Grant, ...]]:
         raise StartupError(f"TLS policy {path}: {where}: {first['msg']}") from None
     identities: dict[str, tuple[Grant, ...]] = {}
     for entry in parsed.identity:
+        _check_patterns(entry.secrets, f"TLS policy {path}")
         grant = Grant(frozenset(entry.actions), tuple(entry.secrets))
         identities[entry.name] = (*identities.get(entry.name, ()), grant)
     return identities
 
 
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def issue_token(name: str, grants: tuple[Grant, ...]) -> tuple[TokenRecord, str]:
-    """Return a new token's record for the store, and the token to show once."""
+    """Return a new token's record for the store, and the token to show once.
+
+    Raises:
+        StartupError: the name is not 1 to 64 of letters, digits, '.', '_', '-'.
+    """
+    if not TOKEN_NAME.fullmatch(name):
+        raise StartupError(
+            "a token name is 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     token_id, token, token_hash = new_token()
     record = TokenRecord(
         token_id=token_id,

@@ -27,6 +27,8 @@ class Source(enum.Enum):
 
     GENERATED = "generated"
     IMPORTED = "imported"
+    # An operator writes each version with PutSecret.
+    WRITTEN = "written"
     DATA_KEY = "data_key"
 
 
@@ -52,6 +54,12 @@ class SecretPolicy:
     # For imported secrets: the server environment variable to read at
     # initialization.
     import_from: str | None = None
+    # For written secrets: a regular expression every value must match.
+    format: str | None = None
+    # How long a superseded version stays readable.
+    grace_period_hours: float = 24.0
+    # How many versions keep their value; older ones are destroyed.
+    retain_versions: int = 10
 
 
 DEFAULT_CATALOG: tuple[SecretPolicy, ...] = (
@@ -95,10 +103,13 @@ class _Entry(BaseModel):
 
     rotation_interval_days: Annotated[int, Field(ge=1)] | Literal["never"] | None = None
     min_length: int | None = Field(default=None, ge=1, le=4096)
-    source: Literal["generated", "imported"] | None = None
+    source: Literal["generated", "imported", "written"] | None = None
     alphabet: Literal["base64url", "hex", "alphanumeric"] | None = None
     servable: bool | None = None
     import_from: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: str | None = Field(default=None, min_length=1, max_length=1000)
+    grace_period_hours: float | None = Field(default=None, ge=0, le=24 * 366)
+    retain_versions: int | None = Field(default=None, ge=2, le=1000)
 
 
 class _CatalogFile(BaseModel):
@@ -116,8 +127,11 @@ def load_catalog(path: Path | None) -> tuple[SecretPolicy, ...]:
         rotation_interval_days = 30      # or "never"
         min_length = 48
         alphabet = "hex"                 # base64url (default), hex, alphanumeric
-        source = "generated"             # or "imported", with import_from
+        source = "generated"             # "imported" (import_from), "written"
         servable = true
+        grace_period_hours = 24          # superseded versions stay readable
+        retain_versions = 10             # older versions' values are destroyed
+        format = "^sk_live_[A-Za-z0-9]+$"  # written secrets only
 
     Raises:
         StartupError: naming the file, the entry and the problem.
@@ -168,4 +182,11 @@ def _policy(
         policy = replace(policy, import_from=name)
     if policy.source is Source.GENERATED and policy.import_from is not None:
         raise problem("import_from is only for imported secrets")
+    if policy.format is not None:
+        if policy.source is not Source.WRITTEN:
+            raise problem("format is only for written secrets")
+        try:
+            re.compile(policy.format)
+        except re.error as error:
+            raise problem(f"format is not a regular expression: {error}") from None
     return policy

@@ -220,19 +220,66 @@ def init(connection: Connection, user_id: str) -> None:
 @client_command
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="A version number.")
-def get(connection: Connection, name: str, version: int | None) -> None:
-    """Print a secret's value (its current version unless --version)."""
+@click.option(
+    "--stage",
+    type=click.Choice(["current", "previous"], case_sensitive=False),
+    help="A stage instead of a version.",
+)
+def get(
+    connection: Connection, name: str, version: int | None, stage: str | None
+) -> None:
+    """Print a secret's value (its current version unless --version or --stage)."""
     with connection.open() as client:
-        secret = client.get(name, version)
+        secret = client.get(name, version, stage=stage)
     click.echo(secret.value)
 
 
 @client_command
 @click.argument("name")
-def rotate(connection: Connection, name: str) -> None:
+@click.option("--expect", type=int, help="Write only if this is the current version.")
+def put(connection: Connection, name: str, expect: int | None) -> None:
+    """Write a new version of an operator-written secret, read from standard input.
+
+    The value never goes on the command line, where other users could see it.
+    """
+    value = sys.stdin.read().rstrip("\n")
+    with connection.open() as client:
+        info = client.put(name, value, expected_version=expect)
+    click.echo(f"{info.name} is now version {info.version}")
+
+
+@client_command
+@click.argument("name")
+def versions(connection: Connection, name: str) -> None:
+    """List a secret's versions, newest first, without values."""
+    with connection.open() as client:
+        found = client.versions(name)
+    for v in found:
+        kept = "kept" if v.value_kept else "destroyed"
+        expires = f" expires {_when(v.expires_at)}" if v.expires_at else ""
+        click.echo(
+            f"v{v.version:<5} {v.stage:<9} {_when(v.created_at)} {v.reason:<12} "
+            f"{kept}{expires}"
+        )
+
+
+@client_command
+@click.argument("name")
+@click.argument("version", type=int)
+def rollback(connection: Connection, name: str, version: int) -> None:
+    """Make VERSION's value current again, as a new version."""
+    with connection.open() as client:
+        info = client.rollback(name, version)
+    click.echo(f"{info.name} is now version {info.version} (the value of v{version})")
+
+
+@client_command
+@click.argument("name")
+@click.option("--expect", type=int, help="Rotate only if this is the current version.")
+def rotate(connection: Connection, name: str, expect: int | None) -> None:
     """Rotate a secret now."""
     with connection.open() as client:
-        info = client.rotate(name)
+        info = client.rotate(name, expected_version=expect)
     click.echo(
         f"{info.name} is now version {info.version}; "
         f"next due {_when(info.next_rotation_due)}"
@@ -247,7 +294,8 @@ def list_(connection: Connection) -> None:
     click.echo(f"{'NAME':24} {'VERSION':>7} {'EVERY':>6}  LAST ROTATED / NEXT DUE")
     for s in secrets:
         every = f"{s.rotation_interval_days}d" if s.rotation_interval_days else "-"
-        origin = " (imported)" if s.imported else ""
+        origin = " (imported)" if s.imported else " (written)" if s.written else ""
+        origin += " OVERDUE" if s.overdue else ""
         click.echo(
             f"{s.name:24} {s.current_version:>7} {every:>6}  "
             f"{_when(s.last_rotated_at)} / {_when(s.next_rotation_due)}{origin}"
@@ -412,11 +460,17 @@ def token_create(database_url: str, name: str, policy_path: Path) -> None:
         grants = load_policy(policy_path)
     except StartupError as error:
         _fail(str(error))
-    record, secret = issue_token(name, grants)
+    try:
+        record, secret = issue_token(name, grants)
+    except StartupError as error:
+        _fail(str(error))
     try:
         _on_store(database_url, lambda tx: tx.add_token(record))
     except SqlIntegrityError:
-        _fail(f"a token named {name!r} exists already; revoke it or pick a new name")
+        _fail(
+            f"a token named {name!r} exists already (a revoked token keeps its "
+            "name); pick another name"
+        )
     click.echo(secret)
 
 

@@ -71,6 +71,24 @@ class RootKeyChanged(SecretsError):
     outcome = "refused"
 
 
+class VersionConflict(SecretsError):
+    """The current version is not the one the caller expected."""
+
+    outcome = "conflict"
+
+
+class VersionExpired(SecretsError):
+    """The version was superseded and its grace period is over."""
+
+    outcome = "expired"
+
+
+class VersionNotKept(SecretsError):
+    """The version's value was destroyed under the retention policy."""
+
+    outcome = "not_kept"
+
+
 class StoreUnavailable(SecretsError):
     """The database cannot be reached."""
 

@@ -22,6 +22,10 @@ class Reason(enum.StrEnum):
     INITIAL = "INITIAL"
     SCHEDULED = "SCHEDULED"
     MANUAL = "MANUAL"
+    WRITTEN = "WRITTEN"
+    ROLLBACK = "ROLLBACK"
+    # Not a new version: the secret fell due and waits for an operator.
+    ROTATION_DUE = "ROTATION_DUE"
 
 
 @dataclass(frozen=True, slots=True)

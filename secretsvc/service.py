@@ -10,6 +10,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import re
 from collections.abc import (
     AsyncGenerator,
     Callable,
@@ -48,7 +49,10 @@ from secretsvc.errors import (
     SecretsError,
     StartupError,
     StoreUnavailable,
+    VersionConflict,
+    VersionExpired,
     VersionNotFound,
+    VersionNotKept,
 )
 from secretsvc.events import EventHub
 from secretsvc.model import (
@@ -61,6 +65,7 @@ from secretsvc.model import (
     SecretRecord,
     Stage,
     StoreMeta,
+    VersionRecord,
 )
 from secretsvc.rotation.rotators import generate_value
 from secretsvc.store import Store, StoreTransaction, migrate
@@ -77,9 +82,9 @@ RESEAL_PENDING = Gauge(
 Clock = Callable[[], datetime]
 MAX_USER_ID_LENGTH = 256
 MAX_VERSION = 2**31 - 1
-# A watcher re-reads the log this often even when nothing woke it, so an event
-# written by another process is never held back for long.
-WATCH_POLL_SECONDS = 5.0
+# An idle watcher looks up this often, so that a revoked credential ends its
+# stream within a second. It reads nothing from the store when idle.
+WATCH_POLL_SECONDS = 0.5
 # The follower reads the event log this often when nothing woke it: the
 # bound on how late another process's rotation reaches memory when no
 # notification arrives (always, on SQLite).
@@ -107,6 +112,8 @@ class SecretValue:
     stage: Stage
     created_at: datetime
     next_rotation_due: datetime | None
+    # For a superseded version: when its grace period ends.
+    expires_at: datetime | None = None
 
     def __repr__(self) -> str:
         return f"SecretValue(name={self.name!r}, version={self.version})"
@@ -114,7 +121,7 @@ class SecretValue:
 
 @dataclass(frozen=True, slots=True)
 class VersionMeta:
-    """A version's metadata, as a rotation reports it."""
+    """A version's metadata, never its value."""
 
     name: str
     version: int
@@ -122,6 +129,8 @@ class VersionMeta:
     created_at: datetime
     reason: Reason
     next_rotation_due: datetime | None
+    value_kept: bool = True
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,8 @@ class SecretSummary:
     last_rotated_at: datetime | None
     next_rotation_due: datetime | None
     imported: bool
+    written: bool = False
+    overdue: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +283,12 @@ class SecretManager:
             try:
                 ring = ring.with_term(term, self._root.unwrap(term, wrapped))
             except crypto.SealError as error:
+                meta = await tx.meta()
+                if meta is not None and not self._root.matches(meta.key_verifier):
+                    raise RootKeyChanged(
+                        "the store's root key was changed; restart this server "
+                        "with the new key"
+                    ) from None
                 message = f"keyring term {term} does not open: the store is damaged"
                 raise StartupError(message) from error
         self._keyring = ring
@@ -312,11 +329,12 @@ class SecretManager:
             changed = self._log_changed.changed
             try:
                 caught_up = await self._apply_new_events()
-            except StoreUnavailable:
+            except (StoreUnavailable, RootKeyChanged) as error:
                 if not failing:
                     logger.warning(
-                        "cannot follow rotation events: the store cannot be "
-                        "reached; serving the secrets held in memory"
+                        "cannot follow rotation events: %s; serving the secrets "
+                        "held in memory",
+                        error,
                     )
                 failing, caught_up = True, True
             except Exception:
@@ -489,7 +507,7 @@ class SecretManager:
         return outcome
 
     def _needs_creating(self, policy: SecretPolicy) -> bool:
-        if policy.name in self._secrets:
+        if policy.name in self._secrets or policy.source is Source.WRITTEN:
             return False
         return policy.source is not Source.IMPORTED or self._import(policy) is not None
 
@@ -503,7 +521,7 @@ class SecretManager:
         """Name the imported secrets that cannot be created, and why."""
         candidates = self._policies.values() if policies is None else policies
         return [
-            (p.name, f"{p.import_from} is not set in the server's environment")
+            (p.name, _why_skipped(p))
             for p in candidates
             if p.name not in self._secrets and not self._needs_creating(p)
         ]
@@ -534,7 +552,8 @@ class SecretManager:
                     )
                 else:
                     value = self._import(policy)
-                    if policy.source is Source.IMPORTED and value is None:
+                    waits = policy.source is Source.WRITTEN
+                    if waits or (policy.source is Source.IMPORTED and value is None):
                         outcome.skipped.extend(self._skipped([policy]))
                         continue
                     value = value or generate_value(policy)
@@ -585,7 +604,7 @@ class SecretManager:
         key that the secret's row keeps; the key itself lives in the keyring.
         """
         assert self._root is not None
-        meta = await tx.meta()
+        meta = await tx.meta(lock=True)
         if meta is None or not self._root.matches(meta.key_verifier):
             # A key wrapped with the old root key would not open after restart.
             raise RootKeyChanged(
@@ -604,7 +623,14 @@ class SecretManager:
 
     # -- read -----------------------------------------------------------------
 
-    async def get(self, name: str, version: int = 0, *, caller: Caller) -> SecretValue:
+    async def get(
+        self,
+        name: str,
+        version: int = 0,
+        *,
+        caller: Caller,
+        stage: Stage | None = None,
+    ) -> SecretValue:
         """Open one version of a secret: the current one when ``version`` is 0.
 
         Raises:
@@ -624,12 +650,21 @@ class SecretManager:
             record = self._secrets.get(name)
             if record is None:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
-            found = record.current if version == 0 else record.versions.get(version)
-            if found is None or found.sealed_value is None:
-                raise VersionNotFound(
-                    f"secret '{name}' has no version {version}",
+            found = _select(record, version, stage)
+            expires_at = self._expiry(record, found)
+            if expires_at is not None and self._clock() >= expires_at:
+                raise VersionExpired(
+                    f"secret '{name}' version {found.version} expired at "
+                    f"{expires_at.isoformat(timespec='seconds')}",
                     name=name,
-                    version=version,
+                    version=found.version,
+                )
+            if found.sealed_value is None:
+                raise VersionNotKept(
+                    f"the value of secret '{name}' version {found.version} "
+                    "is no longer kept",
+                    name=name,
+                    version=found.version,
                 )
 
             plaintext = await self._open(name, found.version, found.sealed_value)
@@ -642,7 +677,44 @@ class SecretManager:
             stage=found.stage,
             created_at=found.created_at,
             next_rotation_due=record.next_rotation_due,
+            expires_at=expires_at,
         )
+
+    def _expiry(self, record: SecretRecord, found: VersionRecord) -> datetime | None:
+        """Return when a superseded version stops being readable, or None."""
+        successor = record.versions.get(found.version + 1)
+        if found.stage is Stage.CURRENT or successor is None:
+            return None
+        policy = self._policies.get(record.name)
+        hours = policy.grace_period_hours if policy else 24.0
+        return successor.created_at + timedelta(hours=hours)
+
+    async def list_versions(self, name: str, *, caller: Caller) -> list[VersionMeta]:
+        """Describe every version of a secret, newest first; never a value."""
+        with self._audited(caller.identity, "list_versions", name, None):
+            check_name(name)
+            if not any(caller.allows(a, name) for a in _LISTING_ACTIONS):
+                caller.require(Action.READ, name)
+            record = self._secrets.get(name)
+            if record is None:
+                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+        self.audit.record(caller.identity, "list_versions", "ok", name)
+        data_key = self._source(name) is Source.DATA_KEY
+        return [
+            VersionMeta(
+                name=name,
+                version=v.version,
+                stage=v.stage,
+                created_at=v.created_at,
+                reason=v.reason,
+                next_rotation_due=(
+                    record.next_rotation_due if v.stage is Stage.CURRENT else None
+                ),
+                value_kept=data_key or v.sealed_value is not None,
+                expires_at=self._expiry(record, v),
+            )
+            for v in sorted(record.versions.values(), key=lambda v: -v.version)
+        ]
 
     async def _open(self, name: str, version: int, sealed: bytes) -> bytes:
         try:
@@ -672,10 +744,17 @@ class SecretManager:
                 last_rotated_at=record.last_rotated_at,
                 next_rotation_due=record.next_rotation_due,
                 imported=self._source(record.name) is Source.IMPORTED,
+                written=self._source(record.name) is Source.WRITTEN,
+                overdue=self._overdue(record),
             )
             for record in sorted(self._secrets.values(), key=lambda r: r.name)
             if any(caller.allows(a, record.name) for a in _LISTING_ACTIONS)
         ]
+
+    def _overdue(self, record: SecretRecord) -> bool:
+        waits = self._source(record.name) in (Source.IMPORTED, Source.WRITTEN)
+        due = record.next_rotation_due
+        return waits and due is not None and due <= self._clock()
 
     def _source(self, name: str) -> Source:
         policy = self._policies.get(name)
@@ -683,7 +762,14 @@ class SecretManager:
 
     # -- rotate ---------------------------------------------------------------
 
-    async def rotate(self, name: str, reason: Reason, *, caller: Caller) -> VersionMeta:
+    async def rotate(
+        self,
+        name: str,
+        reason: Reason,
+        *,
+        caller: Caller,
+        expected_version: int | None = None,
+    ) -> VersionMeta:
         """Make a newly generated version current; the old one becomes previous.
 
         The new version, the event and the audit record are written in one
@@ -692,14 +778,17 @@ class SecretManager:
         Raises:
             InvalidRequest: the name breaks the grammar.
             SecretNotFound: there is no such secret.
-            NotRotatable: the secret's value is imported, not generated.
+            NotRotatable: the secret's value is not generated by the service.
+            VersionConflict: ``expected_version`` is not the current one.
         """
         actor = caller.identity
         with self._audited(actor, "rotate", name, None):
             check_name(name)
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
-            meta = await _to_the_end(self._rotate(policy, reason, actor))
+            meta = await _to_the_end(
+                self._promote(policy, reason, actor, expected=expected_version)
+            )
         assert meta is not None
         return meta
 
@@ -714,31 +803,129 @@ class SecretManager:
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
             return await _to_the_end(
-                self._rotate(policy, Reason.SCHEDULED, actor, only_if_due=True)
+                self._promote(policy, Reason.SCHEDULED, actor, only_if_due=True)
             )
+
+    async def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        caller: Caller,
+        expected_version: int | None = None,
+    ) -> VersionMeta:
+        """Write a new current version of an operator-written or imported secret.
+
+        Raises:
+            InvalidRequest: the value breaks the secret's policy (the rule is
+                named; the value never is). Nothing is stored.
+            NotRotatable: the service generates this secret's values.
+            VersionConflict: ``expected_version`` is not the current one.
+        """
+        actor = caller.identity
+        with self._audited(actor, "write", name, None):
+            check_name(name)
+            caller.require(Action.WRITE, name)
+            policy = self._policies.get(name)
+            if policy is None:
+                raise SecretNotFound(
+                    f"secret '{name}' is not in the catalog", name=name
+                )
+            if policy.source not in (Source.WRITTEN, Source.IMPORTED):
+                raise NotRotatable(
+                    f"secret '{name}' is generated by the service; rotate it instead",
+                    name=name,
+                )
+            _check_value(policy, value)
+            meta = await _to_the_end(
+                self._promote(
+                    policy,
+                    Reason.WRITTEN,
+                    actor,
+                    expected=expected_version,
+                    value=value.encode(),
+                )
+            )
+        assert meta is not None
+        return meta
+
+    async def rollback(self, name: str, version: int, *, caller: Caller) -> VersionMeta:
+        """Make a kept earlier version's value current again, as a new version.
+
+        Raises:
+            VersionNotFound: there is no such version.
+            VersionNotKept: its value was destroyed. Nothing changes.
+        """
+        actor = caller.identity
+        with self._audited(actor, "rollback", name, version or None):
+            check_name(name)
+            _check_version(version)
+            if version == 0:
+                raise InvalidRequest("give the version to roll back to")
+            caller.require(Action.ROTATE, name)
+            policy = self._policies.get(name)
+            if policy is None or policy.source is Source.DATA_KEY:
+                raise NotRotatable(f"secret '{name}' cannot be rolled back", name=name)
+            meta = await _to_the_end(
+                self._promote(policy, Reason.ROLLBACK, actor, rollback_to=version)
+            )
+        assert meta is not None
+        return meta
+
+    async def announce_due(self, name: str, *, caller: Caller) -> bool:
+        """Stream ROTATION_DUE once for a due secret the service cannot rotate.
+
+        Returns whether this call announced it (another replica may have).
+        """
+        now = self._clock()
+        async with self._store.write() as tx:
+            record = await tx.claim_due(name, now)
+            if record is None or await tx.due_announced(name):
+                return False
+            current = record.current.version
+            await tx.append_event(name, current, current, Reason.ROTATION_DUE, now)
+            record_due = self.audit.make(caller.identity, "due", "ok", name, current)
+            await tx.append_audit([record_due])
+
+        due = record.next_rotation_due
+        logger.warning(
+            "secret %s fell due at %s; it is %s, so it waits for an operator "
+            "to write a new version",
+            name,
+            due.isoformat(timespec="seconds") if due else "an unknown time",
+            self._source(name).value,
+        )
+        self._log_changed.publish()
+        return True
 
     def _rotatable(self, name: str) -> SecretPolicy:
         check_name(name)
         policy = self._policies.get(name)
         if policy is None:
             raise SecretNotFound(f"secret '{name}' does not exist", name=name)
-        if policy.source is Source.IMPORTED:
+        if policy.source in (Source.IMPORTED, Source.WRITTEN):
             raise NotRotatable(
-                f"secret '{name}' is imported; the service does not generate it",
+                f"secret '{name}' is {policy.source.value}; the service does not "
+                "generate it: write a new value with PutSecret",
                 name=name,
             )
         return policy
 
-    async def _rotate(
+    async def _promote(
         self,
         policy: SecretPolicy,
         reason: Reason,
         actor: str,
         *,
         only_if_due: bool = False,
+        expected: int | None = None,
+        value: bytes | None = None,
+        rollback_to: int | None = None,
     ) -> VersionMeta | None:
+        """Write a new current version: generated, given, or rolled back to."""
         name = policy.name
         now = self._clock()
+        action = _ACTIONS.get(reason, "rotate")
 
         async with self._store.write() as tx:
             if only_if_due:
@@ -747,28 +934,51 @@ class SecretManager:
                     return None
             else:
                 record = await tx.lock_secret(name)
-            if record is None:
+            if record is None and reason is not Reason.WRITTEN:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            old = record.current.version if record else 0
+            if expected is not None and expected != old:
+                raise VersionConflict(
+                    f"secret '{name}' is at version {old}, not {expected}",
+                    name=name,
+                    version=old,
+                )
             ring = await self._fresh_keyring(tx)
-            old = record.current.version
-            version = max(record.versions) + 1
+            version = max(record.versions) + 1 if record else 1
             if policy.source is Source.DATA_KEY:
                 ring, new, stored = await self._new_data_key(
                     tx, policy, version, reason, now, actor
                 )
             else:
-                value = generate_value(policy).encode()
-                stored = ring.seal(name, version, value)
+                if rollback_to is not None:
+                    assert record is not None
+                    value = self._rollback_value(ring, record, rollback_to)
+                plaintext = (
+                    value if value is not None else generate_value(policy).encode()
+                )
+                stored = ring.seal(name, version, plaintext)
                 new = _new_version(policy, version, stored, reason, now, actor)
-            await tx.promote(new, encrypted_value=stored)
+            if record is None:
+                await tx.create_secret(
+                    new,
+                    encrypted_value=stored,
+                    min_length=policy.min_length,
+                    interval_days=policy.rotation_interval_days,
+                )
+            else:
+                await tx.promote(new, encrypted_value=stored)
             await tx.append_event(name, old, version, reason, now)
             await tx.append_audit(
-                [self.audit.make(actor, "rotate", "ok", name, version, reason.value)]
+                [self.audit.make(actor, action, "ok", name, version, reason.value)]
             )
+            if policy.source is not Source.DATA_KEY:
+                await tx.destroy_values_before(
+                    name, version - policy.retain_versions + 1
+                )
 
         self._keyring = ring
         await self._reload([name])
-        logger.info("rotated %s to version %d (%s)", name, version, reason.value)
+        logger.info("%s: %s is now version %d", reason.value.lower(), name, version)
         self._log_changed.publish()
         return VersionMeta(
             name=name,
@@ -778,6 +988,30 @@ class SecretManager:
             reason=reason,
             next_rotation_due=new.next_rotation_due,
         )
+
+    def _rollback_value(
+        self, ring: crypto.Keyring, record: SecretRecord, version: int
+    ) -> bytes:
+        name = record.name
+        target = record.versions.get(version)
+        if target is None:
+            raise VersionNotFound(
+                f"secret '{name}' has no version {version}", name=name, version=version
+            )
+        if target.sealed_value is None:
+            raise VersionNotKept(
+                f"the value of secret '{name}' version {version} is no longer kept",
+                name=name,
+                version=version,
+            )
+        try:
+            return ring.open(name, version, target.sealed_value)
+        except crypto.SealError:
+            raise SecretCorrupted(
+                f"secret '{name}' version {version} is damaged and cannot be opened",
+                name=name,
+                version=version,
+            ) from None
 
     async def due(self, now: datetime) -> list[str]:
         """Return the names of the secrets that fall due at ``now``."""
@@ -809,7 +1043,7 @@ class SecretManager:
                 raise InvalidRequest(
                     f"page_size must be from 0 to {MAX_AUDIT_PAGE}, not {page_size}"
                 )
-            if page_token and not page_token.isdigit():
+            if page_token and not (page_token.isdigit() and len(page_token) < 19):
                 raise InvalidRequest("page_token is not one this service gave")
             if query.name is not None:
                 check_name(query.name)
@@ -850,6 +1084,8 @@ class SecretManager:
 
         cursor = since_event_id
         while not self.hub.closed:
+            # A revoked credential ends the stream, as it refuses a new call.
+            caller.require_valid()
             # Taken before reading, so that an event applied after it wakes us.
             changed = self.hub.changed
             applied = self._applied
@@ -876,6 +1112,58 @@ class SecretManager:
 
 
 _LISTING_ACTIONS = (Action.READ, Action.ROTATE, Action.WRITE)
+# The audit trail's action for each kind of new version.
+_ACTIONS = {Reason.WRITTEN: "write", Reason.ROLLBACK: "rollback"}
+MAX_VALUE_LENGTH = 65_536
+
+
+def _select(record: SecretRecord, version: int, stage: Stage | None) -> VersionRecord:
+    """Pick the version a read names: by number, by stage, or the current one."""
+    name = record.name
+    if version and stage is not None:
+        raise InvalidRequest("give a version or a stage, not both")
+    if version:
+        found = record.versions.get(version)
+        if found is None:
+            raise VersionNotFound(
+                f"secret '{name}' has no version {version}", name=name, version=version
+            )
+        return found
+    if stage is Stage.PREVIOUS:
+        previous = [v for v in record.versions.values() if v.stage is Stage.PREVIOUS]
+        if not previous:
+            raise VersionNotFound(f"secret '{name}' has no previous version", name=name)
+        return previous[0]
+    if stage not in (None, Stage.CURRENT):
+        raise InvalidRequest("stage must be CURRENT or PREVIOUS")
+    return record.current
+
+
+def _check_value(policy: SecretPolicy, value: str) -> None:
+    """Check a written value against its policy, naming the rule, never the value."""
+    name = policy.name
+    if len(value) < policy.min_length:
+        raise InvalidRequest(
+            f"value of secret '{name}' has {len(value)} characters; its policy "
+            f"asks for at least {policy.min_length}",
+            name=name,
+        )
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidRequest(
+            f"value of secret '{name}' is longer than {MAX_VALUE_LENGTH} characters",
+            name=name,
+        )
+    if policy.format is not None and not re.fullmatch(policy.format, value):
+        raise InvalidRequest(
+            f"value of secret '{name}' does not match its format {policy.format!r}",
+            name=name,
+        )
+
+
+def _why_skipped(policy: SecretPolicy) -> str:
+    if policy.source is Source.WRITTEN:
+        return "written by an operator with PutSecret"
+    return f"{policy.import_from} is not set in the server's environment"
 
 
 async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
@@ -945,7 +1233,8 @@ async def rekey(
         StartupError: the store has no root key yet.
     """
     async with store.write() as tx:
-        meta = await tx.meta()
+        # Locked: a server adding a keyring term waits, then sees the new key.
+        meta = await tx.meta(lock=True)
         if meta is None:
             raise StartupError("the store has never been started: nothing to rekey")
         old_root = crypto.RootKey(old_key, meta.key_salt)

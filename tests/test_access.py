@@ -324,3 +324,59 @@ async def test_token_and_audit_commands(tmp_path: Path) -> None:
     assert "ops" in listing.stdout
     assert token not in listing.stdout + server.output() + audit.stdout
     assert revoked.returncode == 0
+
+
+async def test_revocation_ends_an_open_watch(secured: RunningServer) -> None:
+    """A watch stream opened with a token ends once the token is revoked."""
+    token = await add_token(secured, "watcher", BACKEND)
+    async with SecretsClient(secured.target, token=token) as watcher:
+
+        async def follow() -> None:
+            async for _ in watcher.watch():
+                pass
+
+        stream = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)
+        async with secured.server.store.write() as tx:
+            await tx.revoke_token("watcher", datetime.now(UTC))
+
+        with pytest.raises(UnauthenticatedError, match="revoked"):
+            await asyncio.wait_for(stream, timeout=5)
+
+
+async def test_revocation_with_a_slow_clock_still_counts(
+    secured: RunningServer,
+) -> None:
+    """A revocation stamped earlier than another one is still noticed."""
+    first = await add_token(secured, "first", BACKEND)
+    second = await add_token(secured, "second", BACKEND)
+    async with secured.server.store.write() as tx:
+        await tx.revoke_token("first", datetime.now(UTC))
+    await secured.server.authenticator.refresh()
+    async with secured.server.store.write() as tx:
+        await tx.revoke_token("second", datetime.now(UTC) - timedelta(hours=1))
+
+    async with SecretsClient(secured.target, token=second) as client:
+
+        async def refused() -> bool:
+            try:
+                await client.get("JWT_SECRET")
+            except UnauthenticatedError:
+                return True
+            return False
+
+        await poll_until(refused, within=2.0)
+    del first
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "has space", "new\nline", "x" * 65],
+    ids=["empty", "space", "newline", "long"],
+)
+def test_token_names_are_checked(name: str) -> None:
+    """Token names are short and plain, so listings and audit lines cannot be forged."""
+    from secretsvc.errors import StartupError
+
+    with pytest.raises(StartupError, match="token name"):
+        issue_token(name, BACKEND)

@@ -283,5 +283,5 @@ async def test_interrupted_watch_command_exits_quietly(
         assert server.terminate() == 0
 
     assert "PASSWORD_MASTER_KEY v0 -> v1" in first
-    assert watch.returncode == 0
-    assert "Traceback" not in err
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err, err

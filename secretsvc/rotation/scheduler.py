@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 
 from secretsvc.access import Caller
 from secretsvc.catalog import Source
@@ -18,6 +17,7 @@ SCHEDULER = Caller.system("scheduler")
 # After failed ticks the loop waits longer each time, up to this many seconds
 # (or the period, if that is longer).
 MAX_BACKOFF_SECONDS = 60.0
+_WAIT_FOR_OPERATORS = (Source.IMPORTED, Source.WRITTEN)
 
 
 class RotationScheduler:
@@ -34,8 +34,6 @@ class RotationScheduler:
         self._clock = clock
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Imported secrets that fell due, each reported once per due date.
-        self._reported: set[tuple[str, datetime | None]] = set()
 
     def start(self) -> None:
         """Start the loop; the first tick runs at once."""
@@ -89,8 +87,12 @@ class RotationScheduler:
             if self._stop.is_set():
                 break
             policy = self._manager.policy(name)
-            if policy is not None and policy.source is Source.IMPORTED:
-                self._report_imported(name)
+            if policy is not None and policy.source in (
+                Source.IMPORTED,
+                Source.WRITTEN,
+            ):
+                # The service cannot make these values: tell the operators.
+                await self._manager.announce_due(name, caller=SCHEDULER)
                 continue
             try:
                 meta = await self._manager.rotate_if_due(name, caller=SCHEDULER)
@@ -104,14 +106,3 @@ class RotationScheduler:
                 rotated.append(name)
 
         return rotated
-
-    def _report_imported(self, name: str) -> None:
-        due = self._manager.next_due(name)
-        if (name, due) in self._reported:
-            return
-        self._reported.add((name, due))
-        logger.warning(
-            "secret %s fell due at %s; it is imported, so it is left as it is",
-            name,
-            due.isoformat() if due else "an unknown time",
-        )

@@ -131,6 +131,13 @@ class SecretsServer:
             " with TLS" if credentials else "",
             redact_url(self.settings.database_url),
         )
+        in_clear = self.settings.auth == "token" and credentials is None
+        if in_clear and not is_loopback(self.settings.listen):
+            logger.warning(
+                "bearer tokens travel in clear text on %s: configure TLS "
+                "(SECRETSVC_TLS_CERT, SECRETSVC_TLS_KEY)",
+                self.settings.listen,
+            )
         if not self.settings.auth_required:
             logger.warning(
                 "no authentication configured: only this machine can reach the "

@@ -17,10 +17,10 @@ from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 
 from secretsvc.access import Authenticator, Caller
-from secretsvc.errors import SecretsError
+from secretsvc.errors import InvalidRequest, SecretsError
 from secretsvc.model import AuditQuery, Reason, RotationEventRecord, Stage
 from secretsvc.server.status import INTERNAL_MESSAGE, status_for
-from secretsvc.service import SecretManager
+from secretsvc.service import SecretManager, VersionMeta
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,17 @@ _STAGES = {
     Stage.PENDING: pb.STAGE_PENDING,
     Stage.RETIRED: pb.STAGE_RETIRED,
 }
+_STAGE_OF = {
+    pb.STAGE_CURRENT: Stage.CURRENT,
+    pb.STAGE_PREVIOUS: Stage.PREVIOUS,
+}
 _REASONS = {
     Reason.INITIAL: pb.ROTATION_REASON_INITIAL,
     Reason.SCHEDULED: pb.ROTATION_REASON_SCHEDULED,
     Reason.MANUAL: pb.ROTATION_REASON_MANUAL,
+    Reason.WRITTEN: pb.ROTATION_REASON_WRITTEN,
+    Reason.ROLLBACK: pb.ROTATION_REASON_ROLLBACK,
+    Reason.ROTATION_DUE: pb.ROTATION_REASON_ROTATION_DUE,
 }
 
 
@@ -189,7 +196,12 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self, request: pb.GetSecretRequest, context: Context, caller: Caller
     ) -> pb.GetSecretResponse:
         """Open one version of a secret."""
-        secret = await self._manager.get(request.name, request.version, caller=caller)
+        stage = _STAGE_OF.get(request.stage)
+        if request.stage and stage is None:
+            raise InvalidRequest("stage must be CURRENT or PREVIOUS")
+        secret = await self._manager.get(
+            request.name, request.version, caller=caller, stage=stage
+        )
         return pb.GetSecretResponse(
             name=secret.name,
             value=secret.value,
@@ -197,6 +209,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
             stage=_STAGES[secret.stage],
             created_at=_timestamp(secret.created_at),
             next_rotation_due=_timestamp(secret.next_rotation_due),
+            expires_at=_timestamp(secret.expires_at),
         )
 
     @unary
@@ -204,16 +217,44 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self, request: pb.RotateSecretRequest, context: Context, caller: Caller
     ) -> pb.RotateSecretResponse:
         """Replace a secret's current version with a new one."""
-        meta = await self._manager.rotate(request.name, Reason.MANUAL, caller=caller)
-        version = pb.VersionInfo(
-            name=meta.name,
-            version=meta.version,
-            stage=_STAGES[meta.stage],
-            created_at=_timestamp(meta.created_at),
-            reason=_REASONS[meta.reason],
-            next_rotation_due=_timestamp(meta.next_rotation_due),
+        expected = (
+            request.expected_version if request.HasField("expected_version") else None
         )
-        return pb.RotateSecretResponse(version=version)
+        meta = await self._manager.rotate(
+            request.name, Reason.MANUAL, caller=caller, expected_version=expected
+        )
+        return pb.RotateSecretResponse(version=_version(meta))
+
+    @unary
+    async def PutSecret(
+        self, request: pb.PutSecretRequest, context: Context, caller: Caller
+    ) -> pb.PutSecretResponse:
+        """Write a new current version of an operator-written secret."""
+        expected = (
+            request.expected_version if request.HasField("expected_version") else None
+        )
+        meta = await self._manager.put(
+            request.name, request.value, caller=caller, expected_version=expected
+        )
+        return pb.PutSecretResponse(version=_version(meta))
+
+    @unary
+    async def ListVersions(
+        self, request: pb.ListVersionsRequest, context: Context, caller: Caller
+    ) -> pb.ListVersionsResponse:
+        """Describe every version of a secret, newest first."""
+        versions = await self._manager.list_versions(request.name, caller=caller)
+        return pb.ListVersionsResponse(versions=[_version(v) for v in versions])
+
+    @unary
+    async def RollbackSecret(
+        self, request: pb.RollbackSecretRequest, context: Context, caller: Caller
+    ) -> pb.RollbackSecretResponse:
+        """Make a kept earlier version's value current again."""
+        meta = await self._manager.rollback(
+            request.name, request.version, caller=caller
+        )
+        return pb.RollbackSecretResponse(version=_version(meta))
 
     @unary
     async def ListSecrets(
@@ -229,6 +270,8 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
                 last_rotated_at=_timestamp(s.last_rotated_at),
                 next_rotation_due=_timestamp(s.next_rotation_due),
                 imported=s.imported,
+                written=s.written,
+                overdue=s.overdue,
             )
             for s in summaries
         ]
@@ -278,6 +321,19 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         async with contextlib.aclosing(events):
             async for event in events:
                 yield _event(event)
+
+
+def _version(meta: VersionMeta) -> pb.VersionInfo:
+    return pb.VersionInfo(
+        name=meta.name,
+        version=meta.version,
+        stage=_STAGES[meta.stage],
+        created_at=_timestamp(meta.created_at),
+        reason=_REASONS[meta.reason],
+        next_rotation_due=_timestamp(meta.next_rotation_due),
+        value_kept=meta.value_kept,
+        expires_at=_timestamp(meta.expires_at),
+    )
 
 
 def _datetime(message: Any, field: str) -> datetime | None:

@@ -17,6 +17,9 @@ STATUS_CODES: dict[type[errors.SecretsError], grpc.StatusCode] = {
     errors.NotRotatable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SecretCorrupted: grpc.StatusCode.DATA_LOSS,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.VersionConflict: grpc.StatusCode.ABORTED,
+    errors.VersionExpired: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.VersionNotKept: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RootKeyChanged: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

@@ -236,9 +236,15 @@ class StoreTransaction:
 
     # -- root key and keyring -------------------------------------------------
 
-    async def meta(self) -> StoreMeta | None:
-        """Return the root key's salt and verifier, or None on a new store."""
+    async def meta(self, *, lock: bool = False) -> StoreMeta | None:
+        """Return the root key's salt and verifier, or None on a new store.
+
+        With ``lock``, hold the row to the end of the transaction: a rekey and
+        a new keyring term must not interleave.
+        """
         query = sa.select(t.store_meta.c.key_salt, t.store_meta.c.key_verifier)
+        if lock:
+            query = query.with_for_update()
         row = (await self._conn.execute(query)).one_or_none()
         return None if row is None else StoreMeta(row.key_salt, row.key_verifier)
 
@@ -498,6 +504,37 @@ class StoreTransaction:
                 .values(encrypted_value=sealed)
             )
 
+    async def destroy_values_before(self, name: str, version: int) -> int:
+        """Destroy the values of a secret's versions older than ``version``.
+
+        Their metadata stays, for the audit trail. Returns how many went.
+        """
+        s, v = t.application_secrets, t.secret_versions
+        secret_id = sa.select(s.c.id).where(s.c.name == name).scalar_subquery()
+        result = await self._conn.execute(
+            sa.update(v)
+            .where(
+                v.c.secret_id == secret_id,
+                v.c.version < version,
+                v.c.sealed_value.is_not(None),
+            )
+            .values(sealed_value=None)
+        )
+        return int(result.rowcount or 0)
+
+    async def due_announced(self, name: str) -> bool:
+        """Tell whether a ROTATION_DUE event follows the secret's last version."""
+        e = t.rotation_events
+        last = (
+            await self._conn.execute(
+                sa.select(e.c.reason)
+                .where(e.c.secret_name == name)
+                .order_by(e.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        return last == Reason.ROTATION_DUE.value
+
     async def postpone(self, name: str, due: datetime | None) -> None:
         """Set when a secret next falls due, without a new version."""
         s = t.application_secrets
@@ -597,10 +634,13 @@ class StoreTransaction:
         ]
 
     async def tokens_fingerprint(self) -> tuple[object, ...]:
-        """Return a value that changes whenever a token is created or revoked."""
+        """Return a value that changes whenever a token is created or revoked.
+
+        Counts, not times: a revocation stamped by a slow clock still shows.
+        """
         k = t.access_tokens
         query = sa.select(
-            sa.func.count(), sa.func.max(k.c.created_at), sa.func.max(k.c.revoked_at)
+            sa.func.count(), sa.func.count(k.c.revoked_at), sa.func.max(k.c.token_id)
         )
         return tuple((await self._conn.execute(query)).one())
 

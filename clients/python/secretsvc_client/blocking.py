@@ -78,17 +78,35 @@ class BlockingSecretsClient:
         """Report a login of ``user_id``; the first one makes it master."""
         return self._run(self._client.initialize(user_id))
 
-    def get(self, name: str, version: int | None = None) -> Secret:
-        """Read a secret: its current version, or the version given."""
-        return self._run(self._client.get(name, version))
+    def get(
+        self, name: str, version: int | None = None, *, stage: str | None = None
+    ) -> Secret:
+        """Read a secret: its current version, the version given, or the stage."""
+        return self._run(self._client.get(name, version, stage=stage))
 
     def get_or_default(self, name: str, default: str) -> str:
         """Return the current value of a secret, or ``default`` if it has none."""
         return self._run(self._client.get_or_default(name, default))
 
-    def rotate(self, name: str) -> VersionInfo:
+    def rotate(self, name: str, *, expected_version: int | None = None) -> VersionInfo:
         """Replace a secret's current version; return the new one's metadata."""
-        return self._run(self._client.rotate(name))
+        return self._run(self._client.rotate(name, expected_version=expected_version))
+
+    def put(
+        self, name: str, value: str, *, expected_version: int | None = None
+    ) -> VersionInfo:
+        """Write a new current version of an operator-written secret."""
+        return self._run(
+            self._client.put(name, value, expected_version=expected_version)
+        )
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Describe every version of a secret, newest first."""
+        return self._run(self._client.versions(name))
+
+    def rollback(self, name: str, version: int) -> VersionInfo:
+        """Make a kept earlier version's value current again."""
+        return self._run(self._client.rollback(name, version))
 
     def list(self) -> list[SecretInfo]:
         """Describe every secret, without values."""

@@ -70,6 +70,7 @@ def _timestamp(moment: datetime | None) -> Timestamp | None:
 
 
 DEFAULT_TIMEOUT = 10.0
+_STAGE_VALUES = {"CURRENT": pb.STAGE_CURRENT, "PREVIOUS": pb.STAGE_PREVIOUS}
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 5.0
 
@@ -152,10 +153,27 @@ class SecretsClient:
         reply = await self._call(self._stub.InitializeSecrets, request)
         return InitializeResult.from_proto(reply)
 
-    async def get(self, name: str, version: int | None = None) -> Secret:
-        """Read a secret: its current version, or the version given."""
+    async def get(
+        self, name: str, version: int | None = None, *, stage: str | None = None
+    ) -> Secret:
+        """Read a secret: its current version, the version given, or the stage.
+
+        Args:
+            name: the secret's name.
+            version: a version number.
+            stage: "CURRENT" or "PREVIOUS" (readable until its grace ends).
+        """
+        stage_value = _STAGE_VALUES.get((stage or "").upper(), -1) if stage else 0
+        if stage_value < 0:
+            raise InvalidArgumentError(
+                "stage must be CURRENT or PREVIOUS", code="INVALID_ARGUMENT"
+            )
         try:
-            request = pb.GetSecretRequest(name=name, version=version or 0)
+            request = pb.GetSecretRequest(
+                name=name,
+                version=version or 0,
+                stage=stage_value,  # type: ignore[arg-type]
+            )
         except ValueError:
             raise InvalidArgumentError(
                 f"version {version} is out of range", code="INVALID_ARGUMENT"
@@ -171,10 +189,42 @@ class SecretsClient:
             return default
         return secret.value
 
-    async def rotate(self, name: str) -> VersionInfo:
-        """Replace a secret's current version; return the new one's metadata."""
-        request = pb.RotateSecretRequest(name=name)
+    async def rotate(
+        self, name: str, *, expected_version: int | None = None
+    ) -> VersionInfo:
+        """Replace a secret's current version; return the new one's metadata.
+
+        With ``expected_version``, only if that is still the current version
+        (otherwise :class:`ConflictError`).
+        """
+        request = pb.RotateSecretRequest(name=name, expected_version=expected_version)
         reply = await self._call(self._stub.RotateSecret, request)
+        return VersionInfo.from_proto(reply.version)
+
+    async def put(
+        self, name: str, value: str, *, expected_version: int | None = None
+    ) -> VersionInfo:
+        """Write a new current version of an operator-written secret.
+
+        With ``expected_version`` (0 for a secret with no version yet), only
+        if that is still the current version (otherwise :class:`ConflictError`).
+        """
+        request = pb.PutSecretRequest(
+            name=name, value=value, expected_version=expected_version
+        )
+        reply = await self._call(self._stub.PutSecret, request)
+        return VersionInfo.from_proto(reply.version)
+
+    async def versions(self, name: str) -> list[VersionInfo]:
+        """Describe every version of a secret, newest first; never a value."""
+        request = pb.ListVersionsRequest(name=name)
+        reply = await self._call(self._stub.ListVersions, request)
+        return [VersionInfo.from_proto(v) for v in reply.versions]
+
+    async def rollback(self, name: str, version: int) -> VersionInfo:
+        """Make a kept earlier version's value current again, as a new version."""
+        request = pb.RollbackSecretRequest(name=name, version=version)
+        reply = await self._call(self._stub.RollbackSecret, request)
         return VersionInfo.from_proto(reply.version)
 
     async def list(self) -> list[SecretInfo]:

@@ -69,6 +69,8 @@ class Secret:
     stage: str = "UNSPECIFIED"
     created_at: datetime | None = None
     next_rotation_due: datetime | None = None
+    # For a superseded version: when its grace period ends.
+    expires_at: datetime | None = None
 
     def __repr__(self) -> str:
         # Keep the value out of reprs, tracebacks and logs.
@@ -87,6 +89,7 @@ class Secret:
             stage=_stage(message.stage),
             created_at=_time(message, "created_at"),
             next_rotation_due=_time(message, "next_rotation_due"),
+            expires_at=_time(message, "expires_at"),
         )
 
 
@@ -100,6 +103,8 @@ class VersionInfo:
     created_at: datetime | None
     reason: str
     next_rotation_due: datetime | None
+    value_kept: bool = True
+    expires_at: datetime | None = None
 
     @classmethod
     def from_proto(cls, message: pb.VersionInfo) -> VersionInfo:
@@ -111,6 +116,8 @@ class VersionInfo:
             created_at=_time(message, "created_at"),
             reason=_reason(message.reason),
             next_rotation_due=_time(message, "next_rotation_due"),
+            value_kept=message.value_kept,
+            expires_at=_time(message, "expires_at"),
         )
 
 
@@ -190,6 +197,8 @@ class SecretInfo:
     last_rotated_at: datetime | None
     next_rotation_due: datetime | None
     imported: bool
+    written: bool = False
+    overdue: bool = False
 
     @classmethod
     def from_proto(cls, message: pb.SecretInfo) -> SecretInfo:
@@ -201,4 +210,6 @@ class SecretInfo:
             last_rotated_at=_time(message, "last_rotated_at"),
             next_rotation_due=_time(message, "next_rotation_due"),
             imported=message.imported,
+            written=message.written,
+            overdue=message.overdue,
         )

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asecretsvc/v1/secrets.proto\x12\x0csecretsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x18InitializeSecretsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\rSkippedSecret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa0\x01\n\x19InitializeSecretsResponse\x12\x16\n\x0emaster_user_id\x18\x01 \x01(\t\x12\x11\n\tis_master\x18\x02 \x01(\x08\x12\x11\n\tgenerated\x18\x03 \x03(\t\x12\x17\n\x0f\x61lready_present\x18\x04 \x03(\t\x12,\n\x07skipped\x18\x05 \x03(\x0b\x32\x1b.secretsvc.v1.SkippedSecret\"1\n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xcc\x01\n\x11GetSecretResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\"\n\x05stage\x18\x04 \x01(\x0e\x32\x13.secretsvc.v1.Stage\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_rotation_due\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x13RotateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe5\x01\n\x0bVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.secretsvc.v1.Stage\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06reason\x18\x05 \x01(\x0e\x32\x1c.secretsvc.v1.RotationReason\x12\x35\n\x11next_rotation_due\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x14RotateSecretResponse\x12*\n\x07version\x18\x01 \x01(\x0b\x32\x19.secretsvc.v1.VersionInfo\">\n\x15WatchRotationsRequest\x12\x16\n\x0esince_event_id\x18\x01 \x01(\x03\x12\r\n\x05names\x18\x02 \x03(\t\"\xb7\x01\n\rRotationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bold_version\x18\x03 \x01(\x03\x12\x13\n\x0bnew_version\x18\x04 \x01(\x03\x12,\n\x06reason\x18\x05 \x01(\x0e\x32\x1c.secretsvc.v1.RotationReason\x12.\n\nrotated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListSecretsRequest\"\xd1\x01\n\nSecretInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x1e\n\x16rotation_interval_days\x18\x03 \x01(\x03\x12\x33\n\x0flast_rotated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_rotation_due\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08imported\x18\x06 \x01(\x08\"@\n\x13ListSecretsResponse\x12)\n\x07secrets\x18\x01 \x03(\x0b\x32\x18.secretsvc.v1.SecretInfo\"\xd4\x01\n\x16ListAuditEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"\xa0\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\\\n\x17ListAuditEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.secretsvc.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*k\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_CURRENT\x10\x01\x12\x12\n\x0eSTAGE_PREVIOUS\x10\x02\x12\x11\n\rSTAGE_PENDING\x10\x03\x12\x11\n\rSTAGE_RETIRED\x10\x04*\x89\x01\n\x0eRotationReason\x12\x1f\n\x1bROTATION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROTATION_REASON_INITIAL\x10\x01\x12\x1d\n\x19ROTATION_REASON_SCHEDULED\x10\x02\x12\x1a\n\x16ROTATION_REASON_MANUAL\x10\x03\x32\xa4\x04\n\rSecretService\x12\x64\n\x11InitializeSecrets\x12&.secretsvc.v1.InitializeSecretsRequest\x1a\'.secretsvc.v1.InitializeSecretsResponse\x12L\n\tGetSecret\x12\x1e.secretsvc.v1.GetSecretRequest\x1a\x1f.secretsvc.v1.GetSecretResponse\x12U\n\x0cRotateSecret\x12!.secretsvc.v1.RotateSecretRequest\x1a\".secretsvc.v1.RotateSecretResponse\x12T\n\x0eWatchRotations\x12#.secretsvc.v1.WatchRotationsRequest\x1a\x1b.secretsvc.v1.RotationEvent0\x01\x12R\n\x0bListSecrets\x12 .secretsvc.v1.ListSecretsRequest\x1a!.secretsvc.v1.ListSecretsResponse\x12^\n\x0fListAuditEvents\x12$.secretsvc.v1.ListAuditEventsRequest\x1a%.secretsvc.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asecretsvc/v1/secrets.proto\x12\x0csecretsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x18InitializeSecretsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"-\n\rSkippedSecret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa0\x01\n\x19InitializeSecretsResponse\x12\x16\n\x0emaster_user_id\x18\x01 \x01(\t\x12\x11\n\tis_master\x18\x02 \x01(\x08\x12\x11\n\tgenerated\x18\x03 \x03(\t\x12\x17\n\x0f\x61lready_present\x18\x04 \x03(\t\x12,\n\x07skipped\x18\x05 \x03(\x0b\x32\x1b.secretsvc.v1.SkippedSecret\"U\n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.secretsvc.v1.Stage\"\xfc\x01\n\x11GetSecretResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\"\n\x05stage\x18\x04 \x01(\x0e\x32\x13.secretsvc.v1.Stage\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_rotation_due\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x13RotateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"\xa9\x02\n\x0bVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.secretsvc.v1.Stage\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06reason\x18\x05 \x01(\x0e\x32\x1c.secretsvc.v1.RotationReason\x12\x35\n\x11next_rotation_due\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nvalue_kept\x18\x07 \x01(\x08\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x14RotateSecretResponse\x12*\n\x07version\x18\x01 \x01(\x0b\x32\x19.secretsvc.v1.VersionInfo\">\n\x15WatchRotationsRequest\x12\x16\n\x0esince_event_id\x18\x01 \x01(\x03\x12\r\n\x05names\x18\x02 \x03(\t\"\xb7\x01\n\rRotationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bold_version\x18\x03 \x01(\x03\x12\x13\n\x0bnew_version\x18\x04 \x01(\x03\x12,\n\x06reason\x18\x05 \x01(\x0e\x32\x1c.secretsvc.v1.RotationReason\x12.\n\nrotated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListSecretsRequest\"\xf3\x01\n\nSecretInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x1e\n\x16rotation_interval_days\x18\x03 \x01(\x03\x12\x33\n\x0flast_rotated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_rotation_due\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08imported\x18\x06 \x01(\x08\x12\x0f\n\x07written\x18\x07 \x01(\x08\x12\x0f\n\x07overdue\x18\x08 \x01(\x08\"@\n\x13ListSecretsResponse\x12)\n\x07secrets\x18\x01 \x03(\x0b\x32\x18.secretsvc.v1.SecretInfo\"\xd4\x01\n\x16ListAuditEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"\xa0\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\\\n\x17ListAuditEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.secretsvc.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x10PutSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"?\n\x11PutSecretResponse\x12*\n\x07version\x18\x01 \x01(\x0b\x32\x19.secretsvc.v1.VersionInfo\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.secretsvc.v1.VersionInfo\"6\n\x15RollbackSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"D\n\x16RollbackSecretResponse\x12*\n\x07version\x18\x01 \x01(\x0b\x32\x19.secretsvc.v1.VersionInfo*k\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_CURRENT\x10\x01\x12\x12\n\x0eSTAGE_PREVIOUS\x10\x02\x12\x11\n\rSTAGE_PENDING\x10\x03\x12\x11\n\rSTAGE_RETIRED\x10\x04*\xe6\x01\n\x0eRotationReason\x12\x1f\n\x1bROTATION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROTATION_REASON_INITIAL\x10\x01\x12\x1d\n\x19ROTATION_REASON_SCHEDULED\x10\x02\x12\x1a\n\x16ROTATION_REASON_MANUAL\x10\x03\x12\x1b\n\x17ROTATION_REASON_WRITTEN\x10\x04\x12\x1c\n\x18ROTATION_REASON_ROLLBACK\x10\x05\x12 \n\x1cROTATION_REASON_ROTATION_DUE\x10\x06\x32\xa6\x06\n\rSecretService\x12\x64\n\x11InitializeSecrets\x12&.secretsvc.v1.InitializeSecretsRequest\x1a\'.secretsvc.v1.InitializeSecretsResponse\x12L\n\tGetSecret\x12\x1e.secretsvc.v1.GetSecretRequest\x1a\x1f.secretsvc.v1.GetSecretResponse\x12U\n\x0cRotateSecret\x12!.secretsvc.v1.RotateSecretRequest\x1a\".secretsvc.v1.RotateSecretResponse\x12T\n\x0eWatchRotations\x12#.secretsvc.v1.WatchRotationsRequest\x1a\x1b.secretsvc.v1.RotationEvent0\x01\x12R\n\x0bListSecrets\x12 .secretsvc.v1.ListSecretsRequest\x1a!.secretsvc.v1.ListSecretsResponse\x12^\n\x0fListAuditEvents\x12$.secretsvc.v1.ListAuditEventsRequest\x1a%.secretsvc.v1.ListAuditEventsResponse\x12L\n\tPutSecret\x12\x1e.secretsvc.v1.PutSecretRequest\x1a\x1f.secretsvc.v1.PutSecretResponse\x12U\n\x0cListVersions\x12!.secretsvc.v1.ListVersionsRequest\x1a\".secretsvc.v1.ListVersionsResponse\x12[\n\x0eRollbackSecret\x12#.secretsvc.v1.RollbackSecretRequest\x1a$.secretsvc.v1.RollbackSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'secretsvc.v1.secrets_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGE']._serialized_start=1949
-  _globals['_STAGE']._serialized_end=2056
-  _globals['_ROTATIONREASON']._serialized_start=2059
-  _globals['_ROTATIONREASON']._serialized_end=2196
+  _globals['_STAGE']._serialized_start=2585
+  _globals['_STAGE']._serialized_end=2692
+  _globals['_ROTATIONREASON']._serialized_start=2695
+  _globals['_ROTATIONREASON']._serialized_end=2925
   _globals['_INITIALIZESECRETSREQUEST']._serialized_start=77
   _globals['_INITIALIZESECRETSREQUEST']._serialized_end=120
   _globals['_SKIPPEDSECRET']._serialized_start=122
@@ -43,31 +43,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INITIALIZESECRETSRESPONSE']._serialized_start=170
   _globals['_INITIALIZESECRETSRESPONSE']._serialized_end=330
   _globals['_GETSECRETREQUEST']._serialized_start=332
-  _globals['_GETSECRETREQUEST']._serialized_end=381
-  _globals['_GETSECRETRESPONSE']._serialized_start=384
-  _globals['_GETSECRETRESPONSE']._serialized_end=588
-  _globals['_ROTATESECRETREQUEST']._serialized_start=590
-  _globals['_ROTATESECRETREQUEST']._serialized_end=625
-  _globals['_VERSIONINFO']._serialized_start=628
-  _globals['_VERSIONINFO']._serialized_end=857
-  _globals['_ROTATESECRETRESPONSE']._serialized_start=859
-  _globals['_ROTATESECRETRESPONSE']._serialized_end=925
-  _globals['_WATCHROTATIONSREQUEST']._serialized_start=927
-  _globals['_WATCHROTATIONSREQUEST']._serialized_end=989
-  _globals['_ROTATIONEVENT']._serialized_start=992
-  _globals['_ROTATIONEVENT']._serialized_end=1175
-  _globals['_LISTSECRETSREQUEST']._serialized_start=1177
-  _globals['_LISTSECRETSREQUEST']._serialized_end=1197
-  _globals['_SECRETINFO']._serialized_start=1200
-  _globals['_SECRETINFO']._serialized_end=1409
-  _globals['_LISTSECRETSRESPONSE']._serialized_start=1411
-  _globals['_LISTSECRETSRESPONSE']._serialized_end=1475
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1478
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1690
-  _globals['_AUDITEVENT']._serialized_start=1693
-  _globals['_AUDITEVENT']._serialized_end=1853
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1855
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1947
-  _globals['_SECRETSERVICE']._serialized_start=2199
-  _globals['_SECRETSERVICE']._serialized_end=2747
+  _globals['_GETSECRETREQUEST']._serialized_end=417
+  _globals['_GETSECRETRESPONSE']._serialized_start=420
+  _globals['_GETSECRETRESPONSE']._serialized_end=672
+  _globals['_ROTATESECRETREQUEST']._serialized_start=674
+  _globals['_ROTATESECRETREQUEST']._serialized_end=761
+  _globals['_VERSIONINFO']._serialized_start=764
+  _globals['_VERSIONINFO']._serialized_end=1061
+  _globals['_ROTATESECRETRESPONSE']._serialized_start=1063
+  _globals['_ROTATESECRETRESPONSE']._serialized_end=1129
+  _globals['_WATCHROTATIONSREQUEST']._serialized_start=1131
+  _globals['_WATCHROTATIONSREQUEST']._serialized_end=1193
+  _globals['_ROTATIONEVENT']._serialized_start=1196
+  _globals['_ROTATIONEVENT']._serialized_end=1379
+  _globals['_LISTSECRETSREQUEST']._serialized_start=1381
+  _globals['_LISTSECRETSREQUEST']._serialized_end=1401
+  _globals['_SECRETINFO']._serialized_start=1404
+  _globals['_SECRETINFO']._serialized_end=1647
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=1649
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=1713
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1716
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1928
+  _globals['_AUDITEVENT']._serialized_start=1931
+  _globals['_AUDITEVENT']._serialized_end=2091
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2093
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2185
+  _globals['_PUTSECRETREQUEST']._serialized_start=2187
+  _globals['_PUTSECRETREQUEST']._serialized_end=2286
+  _globals['_PUTSECRETRESPONSE']._serialized_start=2288
+  _globals['_PUTSECRETRESPONSE']._serialized_end=2351
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=2353
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=2388
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=2390
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=2457
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_start=2459
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_end=2513
+  _globals['_ROLLBACKSECRETRESPONSE']._serialized_start=2515
+  _globals['_ROLLBACKSECRETRESPONSE']._serialized_end=2583
+  _globals['_SECRETSERVICE']._serialized_start=2928
+  _globals['_SECRETSERVICE']._serialized_end=3734
 # @@protoc_insertion_point(module_scope)

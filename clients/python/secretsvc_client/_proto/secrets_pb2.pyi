@@ -24,6 +24,9 @@ class RotationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROTATION_REASON_INITIAL: _ClassVar[RotationReason]
     ROTATION_REASON_SCHEDULED: _ClassVar[RotationReason]
     ROTATION_REASON_MANUAL: _ClassVar[RotationReason]
+    ROTATION_REASON_WRITTEN: _ClassVar[RotationReason]
+    ROTATION_REASON_ROLLBACK: _ClassVar[RotationReason]
+    ROTATION_REASON_ROTATION_DUE: _ClassVar[RotationReason]
 STAGE_UNSPECIFIED: Stage
 STAGE_CURRENT: Stage
 STAGE_PREVIOUS: Stage
@@ -33,6 +36,9 @@ ROTATION_REASON_UNSPECIFIED: RotationReason
 ROTATION_REASON_INITIAL: RotationReason
 ROTATION_REASON_SCHEDULED: RotationReason
 ROTATION_REASON_MANUAL: RotationReason
+ROTATION_REASON_WRITTEN: RotationReason
+ROTATION_REASON_ROLLBACK: RotationReason
+ROTATION_REASON_ROTATION_DUE: RotationReason
 
 class InitializeSecretsRequest(_message.Message):
     __slots__ = ("user_id",)
@@ -63,50 +69,60 @@ class InitializeSecretsResponse(_message.Message):
     def __init__(self, master_user_id: _Optional[str] = ..., is_master: _Optional[bool] = ..., generated: _Optional[_Iterable[str]] = ..., already_present: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[_Union[SkippedSecret, _Mapping]]] = ...) -> None: ...
 
 class GetSecretRequest(_message.Message):
-    __slots__ = ("name", "version")
+    __slots__ = ("name", "version", "stage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    stage: Stage
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ...) -> None: ...
 
 class GetSecretResponse(_message.Message):
-    __slots__ = ("name", "value", "version", "stage", "created_at", "next_rotation_due")
+    __slots__ = ("name", "value", "version", "stage", "created_at", "next_rotation_due", "expires_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: str
     version: int
     stage: Stage
     created_at: _timestamp_pb2.Timestamp
     next_rotation_due: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RotateSecretRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "expected_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    expected_version: int
+    def __init__(self, name: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("name", "version", "stage", "created_at", "reason", "next_rotation_due")
+    __slots__ = ("name", "version", "stage", "created_at", "reason", "next_rotation_due", "value_kept", "expires_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_KEPT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     stage: Stage
     created_at: _timestamp_pb2.Timestamp
     reason: RotationReason
     next_rotation_due: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[_Union[RotationReason, str]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    value_kept: bool
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[_Union[RotationReason, str]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value_kept: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RotateSecretResponse(_message.Message):
     __slots__ = ("version",)
@@ -143,20 +159,24 @@ class ListSecretsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SecretInfo(_message.Message):
-    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported")
+    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported", "written", "overdue")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_INTERVAL_DAYS_FIELD_NUMBER: _ClassVar[int]
     LAST_ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROTATION_DUE_FIELD_NUMBER: _ClassVar[int]
     IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    OVERDUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     rotation_interval_days: int
     last_rotated_at: _timestamp_pb2.Timestamp
     next_rotation_due: _timestamp_pb2.Timestamp
     imported: bool
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ...) -> None: ...
+    written: bool
+    overdue: bool
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., written: _Optional[bool] = ..., overdue: _Optional[bool] = ...) -> None: ...
 
 class ListSecretsResponse(_message.Message):
     __slots__ = ("secrets",)
@@ -211,3 +231,45 @@ class ListAuditEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PutSecretRequest(_message.Message):
+    __slots__ = ("name", "value", "expected_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    expected_version: int
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class PutSecretResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+
+class RollbackSecretRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RollbackSecretResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,21 @@ class SecretServiceStub:
                 request_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.PutSecret = channel.unary_unary(
+                '/secretsvc.v1.SecretService/PutSecret',
+                request_serializer=secretsvc_dot_v1_dot_secrets__pb2.PutSecretRequest.SerializeToString,
+                response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.PutSecretResponse.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/secretsvc.v1.SecretService/ListVersions',
+                request_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackSecret = channel.unary_unary(
+                '/secretsvc.v1.SecretService/RollbackSecret',
+                request_serializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.SerializeToString,
+                response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.FromString,
+                _registered_method=True)
 
 
 class SecretServiceServicer:
@@ -114,6 +129,27 @@ class SecretServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSecret(self, request, context):
+        """Write a new current version of an operator-written secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Describe every version of a secret, without values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackSecret(self, request, context):
+        """Make a kept earlier version's value current again, as a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecretServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +182,21 @@ def add_SecretServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'PutSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSecret,
+                    request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.PutSecretRequest.FromString,
+                    response_serializer=secretsvc_dot_v1_dot_secrets__pb2.PutSecretResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ListVersionsRequest.FromString,
+                    response_serializer=secretsvc_dot_v1_dot_secrets__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'RollbackSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackSecret,
+                    request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.FromString,
+                    response_serializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +362,87 @@ class SecretService:
             '/secretsvc.v1.SecretService/ListAuditEvents',
             secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsRequest.SerializeToString,
             secretsvc_dot_v1_dot_secrets__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secretsvc.v1.SecretService/PutSecret',
+            secretsvc_dot_v1_dot_secrets__pb2.PutSecretRequest.SerializeToString,
+            secretsvc_dot_v1_dot_secrets__pb2.PutSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secretsvc.v1.SecretService/ListVersions',
+            secretsvc_dot_v1_dot_secrets__pb2.ListVersionsRequest.SerializeToString,
+            secretsvc_dot_v1_dot_secrets__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secretsvc.v1.SecretService/RollbackSecret',
+            secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.SerializeToString,
+            secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,
