@@ -296,6 +296,9 @@ def list_(connection: Connection) -> None:
         every = f"{s.rotation_interval_days}d" if s.rotation_interval_days else "-"
         origin = " (imported)" if s.imported else " (written)" if s.written else ""
         origin += " OVERDUE" if s.overdue else ""
+        if s.consumers:
+            on = ", ".join(f"v{v}: {n}" for v, n in sorted(s.consumers.items()))
+            origin += f" (consumers {on})"
         click.echo(
             f"{s.name:24} {s.current_version:>7} {every:>6}  "
             f"{_when(s.last_rotated_at)} / {_when(s.next_rotation_due)}{origin}"

@@ -94,6 +94,9 @@ FOLLOW_BATCH = 500
 RECENT_EVENTS = 4096
 RESEAL_BATCH = 100
 DEFAULT_AUDIT_PAGE = 100
+# A consumer counts for the version it last reported for this long; clients
+# report again every minute.
+CONSUMER_REPORT_TTL_SECONDS = 300
 MAX_AUDIT_PAGE = 1000
 
 
@@ -145,6 +148,8 @@ class SecretSummary:
     imported: bool
     written: bool = False
     overdue: bool = False
+    # Consumers that lately reported each version.
+    consumers: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -734,8 +739,17 @@ class SecretManager:
             ) from None
 
     async def list_secrets(self, *, caller: Caller) -> list[SecretSummary]:
-        """Describe every secret the caller may read, rotate or write; no values."""
+        """Describe every secret the caller may read, rotate or write; no values.
+
+        Each comes with how many consumers lately reported each version.
+        """
         self.audit.record(caller.identity, "list", "ok")
+        since = self._clock() - timedelta(seconds=CONSUMER_REPORT_TTL_SECONDS)
+        try:
+            async with self._store.read() as tx:
+                consumers = await tx.consumer_counts(since)
+        except StoreUnavailable:
+            consumers = {}
         return [
             SecretSummary(
                 name=record.name,
@@ -746,10 +760,33 @@ class SecretManager:
                 imported=self._source(record.name) is Source.IMPORTED,
                 written=self._source(record.name) is Source.WRITTEN,
                 overdue=self._overdue(record),
+                consumers=consumers.get(record.name, {}),
             )
             for record in sorted(self._secrets.values(), key=lambda r: r.name)
             if any(caller.allows(a, record.name) for a in _LISTING_ACTIONS)
         ]
+
+    async def report_versions(
+        self, consumer_id: str, versions: Mapping[str, int], *, caller: Caller
+    ) -> None:
+        """Record which version of each secret a consumer has adopted."""
+        with self._audited(caller.identity, "report", None, None):
+            if (
+                not consumer_id
+                or len(consumer_id) > 128
+                or not consumer_id.isprintable()
+            ):
+                raise InvalidRequest(
+                    "consumer_id must be printable and 1 to 128 characters"
+                )
+            if len(versions) > 1000:
+                raise InvalidRequest("report at most 1000 secrets at once")
+            for name, version in versions.items():
+                check_name(name)
+                _check_version(version)
+                caller.require(Action.READ, name)
+            async with self._store.write() as tx:
+                await tx.report_versions(consumer_id, dict(versions), self._clock())
 
     def _overdue(self, record: SecretRecord) -> bool:
         waits = self._source(record.name) in (Source.IMPORTED, Source.WRITTEN)

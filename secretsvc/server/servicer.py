@@ -239,6 +239,16 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         return pb.PutSecretResponse(version=_version(meta))
 
     @unary
+    async def ReportVersions(
+        self, request: pb.ReportVersionsRequest, context: Context, caller: Caller
+    ) -> pb.ReportVersionsResponse:
+        """Record which versions a consumer has adopted."""
+        await self._manager.report_versions(
+            request.consumer_id, dict(request.versions), caller=caller
+        )
+        return pb.ReportVersionsResponse()
+
+    @unary
     async def ListVersions(
         self, request: pb.ListVersionsRequest, context: Context, caller: Caller
     ) -> pb.ListVersionsResponse:
@@ -272,6 +282,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
                 imported=s.imported,
                 written=s.written,
                 overdue=s.overdue,
+                consumers_by_version=dict(s.consumers),
             )
             for s in summaries
         ]

@@ -615,6 +615,43 @@ class StoreTransaction:
         query = sa.select(sa.func.max(t.rotation_events.c.id))
         return (await self._conn.execute(query)).scalar_one() or 0
 
+    # -- consumers ------------------------------------------------------------
+
+    async def report_versions(
+        self, consumer_id: str, versions: dict[str, int], at: datetime
+    ) -> None:
+        """Record the version of each secret a consumer says it uses."""
+        c = t.consumer_versions
+        insert: Any = (
+            postgresql.insert(c) if self._dialect == "postgresql" else sqlite.insert(c)
+        )
+        for name, version in versions.items():
+            statement = insert.values(
+                consumer_id=consumer_id,
+                secret_name=name,
+                version=version,
+                reported_at=at,
+            )
+            await self._conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[c.c.consumer_id, c.c.secret_name],
+                    set_={"version": version, "reported_at": at},
+                )
+            )
+
+    async def consumer_counts(self, since: datetime) -> dict[str, dict[int, int]]:
+        """Count consumers per secret and version, among reports since ``since``."""
+        c = t.consumer_versions
+        query = (
+            sa.select(c.c.secret_name, c.c.version, sa.func.count())
+            .where(c.c.reported_at >= since)
+            .group_by(c.c.secret_name, c.c.version)
+        )
+        counts: dict[str, dict[int, int]] = {}
+        for name, version, count in await self._conn.execute(query):
+            counts.setdefault(name, {})[version] = count
+        return counts
+
     # -- tokens ---------------------------------------------------------------
 
     async def tokens(self) -> list[TokenRecord]:

@@ -144,3 +144,13 @@ access_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
 )
+
+# Which version of each secret each consumer last said it uses.
+consumer_versions = sa.Table(
+    "consumer_versions",
+    metadata,
+    sa.Column("consumer_id", sa.String(128), primary_key=True),
+    sa.Column("secret_name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("reported_at", UTCDateTime, nullable=False, index=True),
+)

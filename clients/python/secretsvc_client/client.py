@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+import os
+import secrets
+import socket
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +19,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
+from secretsvc_client.cache import SecretCache
 from secretsvc_client.errors import (
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     from_rpc_error,
@@ -104,6 +109,11 @@ class SecretsClient:
         token: str | None = None,
         tls: TLSConfig | None = None,
         channel: grpc.aio.Channel | None = None,
+        cache: bool = False,
+        stale_if_error: float = 300.0,
+        clock: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        consumer_id: str | None = None,
     ) -> None:
         """Open a channel to ``target`` (``host:port``).
 
@@ -116,6 +126,15 @@ class SecretsClient:
             tls: the CA to trust and, for mutual TLS, this client's
                 certificate and key.
             channel: a ready channel to use instead of opening one.
+            cache: keep current values in memory and follow WatchRotations in
+                the background, so that ``get`` after the first read costs no
+                network call and is never stale.
+            stale_if_error: with the cache, seconds to keep serving held values
+                while the server cannot be reached; then ``get`` raises.
+            clock: the wall clock that grace periods are judged by.
+            monotonic: the clock that the stale-if-error window is timed by.
+            consumer_id: names this process when the cache reports which
+                versions it uses; host, pid and a random tag by default.
         """
         self.target = target
         self.timeout = timeout
@@ -129,6 +148,22 @@ class SecretsClient:
             )
         self._channel = channel
         self._closed = False
+        self.consumer_id = consumer_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
+        self._cache: SecretCache | None = None
+        if cache:
+            extra: dict[str, Any] = {}
+            if clock is not None:
+                extra["now"] = clock
+            if monotonic is not None:
+                extra["monotonic"] = monotonic
+            self._cache = SecretCache(
+                self._fetch,
+                report=self.report_versions,
+                stale_if_error=stale_if_error,
+                **extra,
+            )
         self._stub = pb_grpc.SecretServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SecretsClient:
@@ -145,6 +180,8 @@ class SecretsClient:
     async def close(self) -> None:
         """Close the channel; open watches end."""
         self._closed = True
+        if self._cache is not None:
+            await self._cache.stop()
         await self._channel.close()
 
     async def initialize(self, user_id: str) -> InitializeResult:
@@ -163,6 +200,80 @@ class SecretsClient:
             version: a version number.
             stage: "CURRENT" or "PREVIOUS" (readable until its grace ends).
         """
+        if self._cache is not None and version is None and stage is None:
+            self._follow_rotations()
+            return await self._cache.current(name)
+        return await self._fetch(name, stage, version)
+
+    async def verifying_set(self, name: str) -> list[Secret]:
+        """Return the values a signature may have been made with, newest first.
+
+        That is the current version and, while its grace lasts, the previous
+        one: verify a token against the one whose version is its ``kid``.
+        """
+        if self._cache is not None:
+            self._follow_rotations()
+            return await self._cache.verifying(name)
+        current = await self._fetch(name, "CURRENT")
+        try:
+            return [current, await self._fetch(name, "PREVIOUS")]
+        except (NotFoundError, FailedPreconditionError):
+            return [current]
+
+    async def export_to_environ(self, *names: str) -> None:
+        """Put these secrets in os.environ and keep them current on rotation.
+
+        Needs ``SecretsClient(..., cache=True)``.
+        """
+        if self._cache is None:
+            raise ValueError("export_to_environ needs SecretsClient(cache=True)")
+        for name in names:
+            await self.get(name)
+        self._cache.export(list(names))
+
+    async def report_versions(self, versions: dict[str, int]) -> None:
+        """Tell the server which version of each secret this process uses."""
+        request = pb.ReportVersionsRequest(
+            consumer_id=self.consumer_id,
+            versions=versions,
+        )
+        await self._call(self._stub.ReportVersions, request)
+
+    def _follow_rotations(self) -> None:
+        assert self._cache is not None
+        if self._cache.follower is None:
+            self._cache.follower = asyncio.create_task(
+                self._follow(), name="secretsvc-client-cache"
+            )
+
+    async def _follow(self) -> None:
+        """Feed rotation events to the cache; note when the server is away."""
+        assert self._cache is not None
+        cursor, delay = 0, RECONNECT_FIRST_DELAY
+        while not self._closed:
+            request = pb.WatchRotationsRequest(since_event_id=cursor)
+            call = self._stub.WatchRotations(request, metadata=self._metadata)
+            try:
+                await call.wait_for_connection()
+                self._cache.connection_back()
+                async for message in call:
+                    event = RotationEvent.from_proto(message)
+                    cursor, delay = event.event_id, RECONNECT_FIRST_DELAY
+                    await self._cache.apply(event)
+            except grpc.aio.AioRpcError as error:
+                logger.debug("cache follower: %s", error.code().name)
+            finally:
+                call.cancel()
+            if self._closed:
+                return
+            self._cache.connection_lost()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    async def _fetch(
+        self, name: str, stage: str | None, version: int | None = None
+    ) -> Secret:
+        """Read from the server, whatever the cache holds."""
         stage_value = _STAGE_VALUES.get((stage or "").upper(), -1) if stage else 0
         if stage_value < 0:
             raise InvalidArgumentError(
@@ -181,11 +292,19 @@ class SecretsClient:
         reply = await self._call(self._stub.GetSecret, request)
         return Secret.from_proto(reply)
 
-    async def get_or_default(self, name: str, default: str) -> str:
-        """Return the current value of a secret, or ``default`` if it has none."""
+    async def get_or_default(
+        self, name: str, default: str, *, from_environ: bool = False
+    ) -> str:
+        """Return the current value of a secret, or a fallback if it has none.
+
+        With ``from_environ``, the fallback is the environment variable of the
+        same name when it is set, and ``default`` otherwise.
+        """
         try:
             secret = await self.get(name)
         except NotFoundError:
+            if from_environ:
+                return os.environ.get(name, default)
             return default
         return secret.value
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -199,6 +199,8 @@ class SecretInfo:
     imported: bool
     written: bool = False
     overdue: bool = False
+    # How many consumers lately reported using each version.
+    consumers: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, message: pb.SecretInfo) -> SecretInfo:
@@ -212,4 +214,5 @@ class SecretInfo:
             imported=message.imported,
             written=message.written,
             overdue=message.overdue,
+            consumers=dict(message.consumers_by_version),
         )

@@ -159,7 +159,14 @@ class ListSecretsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SecretInfo(_message.Message):
-    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported", "written", "overdue")
+    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported", "written", "overdue", "consumers_by_version")
+    class ConsumersByVersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_INTERVAL_DAYS_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +175,7 @@ class SecretInfo(_message.Message):
     IMPORTED_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     OVERDUE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_BY_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     rotation_interval_days: int
@@ -176,7 +184,8 @@ class SecretInfo(_message.Message):
     imported: bool
     written: bool
     overdue: bool
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., written: _Optional[bool] = ..., overdue: _Optional[bool] = ...) -> None: ...
+    consumers_by_version: _containers.ScalarMap[int, int]
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., written: _Optional[bool] = ..., overdue: _Optional[bool] = ..., consumers_by_version: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class ListSecretsResponse(_message.Message):
     __slots__ = ("secrets",)
@@ -273,3 +282,22 @@ class RollbackSecretResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: VersionInfo
     def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...
+
+class ReportVersionsRequest(_message.Message):
+    __slots__ = ("consumer_id", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    consumer_id: str
+    versions: _containers.ScalarMap[str, int]
+    def __init__(self, consumer_id: _Optional[str] = ..., versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ReportVersionsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

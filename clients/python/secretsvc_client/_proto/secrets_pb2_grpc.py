@@ -80,6 +80,11 @@ class SecretServiceStub:
                 request_serializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.SerializeToString,
                 response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.FromString,
                 _registered_method=True)
+        self.ReportVersions = channel.unary_unary(
+                '/secretsvc.v1.SecretService/ReportVersions',
+                request_serializer=secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsRequest.SerializeToString,
+                response_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class SecretServiceServicer:
@@ -150,6 +155,13 @@ class SecretServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportVersions(self, request, context):
+        """Tell the server which version of each secret this consumer has adopted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecretServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +209,11 @@ def add_SecretServiceServicer_to_server(servicer, server):
                     servicer.RollbackSecret,
                     request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.FromString,
                     response_serializer=secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.SerializeToString,
+            ),
+            'ReportVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportVersions,
+                    request_deserializer=secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsRequest.FromString,
+                    response_serializer=secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +460,33 @@ class SecretService:
             '/secretsvc.v1.SecretService/RollbackSecret',
             secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretRequest.SerializeToString,
             secretsvc_dot_v1_dot_secrets__pb2.RollbackSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secretsvc.v1.SecretService/ReportVersions',
+            secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsRequest.SerializeToString,
+            secretsvc_dot_v1_dot_secrets__pb2.ReportVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

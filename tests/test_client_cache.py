@@ -1,0 +1,158 @@
+"""The client that is never stale: cache, stale-if-error, verifying set, environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from secretsvc_client import SecretsClient, UnavailableError
+
+from tests.helpers import (
+    FakeClock,
+    RunningServer,
+    free_port,
+    poll_until,
+    running_server,
+)
+
+
+@pytest.fixture
+def environ() -> Iterator[None]:
+    """Leave os.environ as the test found it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+async def test_cached_get_costs_no_network_call(running: RunningServer) -> None:
+    """After the first read, get is answered from memory: the server sees one read."""
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True) as cached:
+        values = {(await cached.get("JWT_SECRET")).value for _ in range(100)}
+
+    trail = await running.client.audit(action="read", name="JWT_SECRET")
+
+    assert len(values) == 1
+    assert len(trail.events) == 1
+
+
+async def test_rotation_elsewhere_reaches_the_cache(running: RunningServer) -> None:
+    """A rotation made by another client replaces the held value by itself."""
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True) as cached:
+        first = await cached.get("JWT_SECRET")
+        await running.client.rotate("JWT_SECRET")
+
+        async def refreshed() -> bool:
+            return (await cached.get("JWT_SECRET")).version == 2
+
+        await poll_until(refreshed)
+        fresh = await cached.get("JWT_SECRET")
+
+    assert fresh.value != first.value
+
+
+async def test_stale_if_error_window(db_url: str, clock: FakeClock) -> None:
+    """With the server gone, held values are served for the window, then refused."""
+    now = [0.0]
+    url = f"127.0.0.1:{free_port()}"
+    client = SecretsClient(
+        url, cache=True, stale_if_error=30, monotonic=lambda: now[0], timeout=2
+    )
+    try:
+        async with running_server(db_url, clock=clock, listen=url) as server:
+            await server.client.initialize("alice")
+            held = await client.get("JWT_SECRET")
+
+        now[0] = 10.0
+        within = await client.get("JWT_SECRET")
+        now[0] = 100.0
+
+        async def refused() -> bool:
+            try:
+                await client.get("JWT_SECRET")
+            except UnavailableError as error:
+                return "stale-if-error window of 30s" in str(error)
+            return False
+
+        await poll_until(refused)
+    finally:
+        await client.close()
+
+    assert within.value == held.value
+
+
+async def test_verifying_set_follows_the_grace_period(
+    running: RunningServer, clock: FakeClock
+) -> None:
+    """The set holds current and previous while the grace lasts, then current only."""
+    await running.client.initialize("alice")
+    first = await running.client.get("JWT_SECRET")
+    await running.client.rotate("JWT_SECRET")
+    async with SecretsClient(running.target, cache=True, clock=clock) as cached:
+        during = await cached.verifying_set("JWT_SECRET")
+        clock.advance(hours=25)
+        after = await cached.verifying_set("JWT_SECRET")
+
+    assert [(s.version, s.stage) for s in during] == [(2, "CURRENT"), (1, "PREVIOUS")]
+    assert during[1].value == first.value
+    assert [s.version for s in after] == [2]
+
+
+async def test_exported_secrets_follow_rotation(
+    running: RunningServer, environ: None
+) -> None:
+    """Exported secrets are in os.environ and change there when they rotate."""
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True) as cached:
+        await cached.export_to_environ("JWT_SECRET")
+        first = os.environ["JWT_SECRET"]
+        await running.client.rotate("JWT_SECRET")
+
+        async def updated() -> bool:
+            return os.environ["JWT_SECRET"] != first
+
+        await poll_until(updated)
+        current = await running.client.get("JWT_SECRET")
+
+    assert os.environ["JWT_SECRET"] == current.value
+
+
+async def test_get_or_default_can_fall_back_to_environ(
+    running: RunningServer, environ: None
+) -> None:
+    """A missing secret falls back to the variable of the same name when asked."""
+    os.environ["NOT_IN_STORE"] = "from-the-environment"
+
+    plain = await running.client.get_or_default("NOT_IN_STORE", "default")
+    bridged = await running.client.get_or_default(
+        "NOT_IN_STORE", "default", from_environ=True
+    )
+
+    assert (plain, bridged) == ("default", "from-the-environment")
+
+
+async def test_list_shows_which_versions_consumers_use(running: RunningServer) -> None:
+    """Cached clients report their versions; ListSecrets counts them per version."""
+    await running.client.initialize("alice")
+    one = SecretsClient(running.target, cache=True, consumer_id="billing-1")
+    two = SecretsClient(running.target, cache=True, consumer_id="billing-2")
+    try:
+        await one.get("JWT_SECRET")
+        await two.get("JWT_SECRET")
+        before = {s.name: s.consumers for s in await running.client.list()}
+        await running.client.rotate("JWT_SECRET")
+
+        async def all_moved() -> bool:
+            listed = {s.name: s.consumers for s in await running.client.list()}
+            return listed["JWT_SECRET"] == {2: 2}
+
+        await poll_until(all_moved)
+    finally:
+        await one.close()
+        await two.close()
+
+    assert before["JWT_SECRET"] == {1: 2}
+    assert before["CSRF_SECRET"] == {}
