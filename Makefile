@@ -35,6 +35,7 @@ proto: install
 bench: install
 	$(BIN)/python bench/get_secret.py
 	$(BIN)/python bench/replica_delay.py
+	$(BIN)/python bench/client_cache.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -165,7 +165,9 @@ class ServerProcess:
 
     def client(self, timeout: float) -> SecretsClient:
         """Return a new client of this server, with its own channel."""
-        return SecretsClient(self.target, timeout=timeout, token=self.token)
+        return SecretsClient(
+            self.target, timeout=timeout, token=self.token, cache=False
+        )
 
     @property
     def process(self) -> subprocess.Popen[bytes]:

@@ -140,7 +140,10 @@ class Connection:
 
     def open(self) -> BlockingSecretsClient:
         """Connect to the server."""
-        return BlockingSecretsClient(self.target, token=self.token, tls=self.tls)
+        # One call and gone: nothing to cache.
+        return BlockingSecretsClient(
+            self.target, token=self.token, tls=self.tls, cache=False
+        )
 
 
 _CLIENT_OPTIONS = (

@@ -128,6 +128,8 @@ async def running_server(
         wait_for_ready=True,
         token=client_token,
         tls=client_tls,
+        # The suite's own client reads through to the server every time.
+        cache=False,
     )
     running = RunningServer(server, client)
     try:

@@ -54,7 +54,7 @@ async def secured(db_url: str, clock: FakeClock) -> AsyncIterator[RunningServer]
     """Run a server that wants a token on every call; the fixture's client is admin."""
     async with running_server(db_url, clock=clock, auth="token") as server:
         token = await add_token(server, "admin", EVERYTHING)
-        async with SecretsClient(server.target, token=token) as admin:
+        async with SecretsClient(server.target, token=token, cache=False) as admin:
             await admin.initialize("alice")
             yield RunningServer(server.server, admin)
 
@@ -110,7 +110,7 @@ async def test_every_rpc_refuses_bad_credentials(
         credential = await add_token(secured, "powerless", nothing)
     before = await store_snapshot(secured)
 
-    async with SecretsClient(secured.target, token=credential) as client:
+    async with SecretsClient(secured.target, token=credential, cache=False) as client:
         if rpc == "ListSecrets" and outcome == "denied":
             # Listing is filtered rather than refused: it shows nothing.
             assert await client.list() == []
@@ -126,7 +126,7 @@ async def test_every_rpc_refuses_bad_credentials(
 async def test_policy_limits_a_token_to_its_patterns(secured: RunningServer) -> None:
     """A backend token reads and watches JWT_* only; the rest is denied."""
     token = await add_token(secured, "backend", BACKEND)
-    async with SecretsClient(secured.target, token=token) as backend:
+    async with SecretsClient(secured.target, token=token, cache=False) as backend:
         jwt = await backend.get("JWT_SECRET")
         with pytest.raises(PermissionDeniedError, match="may not read"):
             await backend.get("CSRF_SECRET")
@@ -157,7 +157,7 @@ async def test_revoked_token_is_refused_within_a_second(
 ) -> None:
     """Revocation reaches the server's memory on its next refresh."""
     token = await add_token(secured, "leaked", BACKEND)
-    async with SecretsClient(secured.target, token=token) as leaked:
+    async with SecretsClient(secured.target, token=token, cache=False) as leaked:
         await leaked.get("JWT_SECRET")
         async with secured.server.store.write() as tx:
             assert await tx.revoke_token("leaked", datetime.now(UTC))
@@ -356,7 +356,7 @@ async def test_revocation_with_a_slow_clock_still_counts(
     async with secured.server.store.write() as tx:
         await tx.revoke_token("second", datetime.now(UTC) - timedelta(hours=1))
 
-    async with SecretsClient(secured.target, token=second) as client:
+    async with SecretsClient(secured.target, token=second, cache=False) as client:
 
         async def refused() -> bool:
             try:

@@ -156,3 +156,44 @@ async def test_list_shows_which_versions_consumers_use(running: RunningServer) -
 
     assert before["JWT_SECRET"] == {1: 2}
     assert before["CSRF_SECRET"] == {}
+
+
+async def test_tokens_verify_through_the_grace_period(
+    running: RunningServer, clock: FakeClock
+) -> None:
+    """A JWT signed just before rotation verifies; one of an expired key does not."""
+    import jwt
+
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True, clock=clock) as secrets:
+
+        async def sign(claims: dict[str, str]) -> str:
+            key = await secrets.get("JWT_SECRET")
+            headers = {"kid": str(key.version)}
+            return jwt.encode(claims, key.value, algorithm="HS256", headers=headers)
+
+        async def verify(token: str) -> dict[str, str]:
+            kid = int(jwt.get_unverified_header(token)["kid"])
+            keys = {
+                s.version: s.value for s in await secrets.verifying_set("JWT_SECRET")
+            }
+            if kid not in keys:
+                raise jwt.InvalidTokenError(f"key version {kid} is not accepted")
+            decoded: dict[str, str] = jwt.decode(token, keys[kid], algorithms=["HS256"])
+            return decoded
+
+        before = await sign({"sub": "alice"})
+        await running.client.rotate("JWT_SECRET")
+
+        async def adopted() -> bool:
+            return (await secrets.get("JWT_SECRET")).version == 2
+
+        await poll_until(adopted)
+        after = await sign({"sub": "bob"})
+        assert (await verify(before))["sub"] == "alice"
+        assert (await verify(after))["sub"] == "bob"
+
+        clock.advance(hours=25)
+        with pytest.raises(jwt.InvalidTokenError, match="version 1"):
+            await verify(before)
+        assert (await verify(after))["sub"] == "bob"

@@ -258,6 +258,17 @@ def test_bad_store_exits_with_one_line(tmp_path: Path, url: str, problem: str) -
     assert problem in one_line(server.output())
 
 
+# Runs the command with Ctrl-C armed, even where the runner ignores SIGINT
+# (a child inherits an ignored signal). No preexec_fn: forking Python code
+# in a process with gRPC threads can hang the child.
+INTERRUPTIBLE = (
+    "import runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'secretsvc'; "
+    "runpy.run_module('secretsvc', run_name='__main__')"
+)
+
+
 async def test_interrupted_watch_command_exits_quietly(
     tmp_path: Path, db_path: Path
 ) -> None:
@@ -268,12 +279,10 @@ async def test_interrupted_watch_command_exits_quietly(
         await server.wait_ready()
         run_cli(server.target, "init", "--user", "alice")
         with subprocess.Popen(
-            [sys.executable, "-m", "secretsvc", "watch", "--target", server.target],
+            [sys.executable, "-c", INTERRUPTIBLE, "watch", "--target", server.target],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            # Started from a test, it would otherwise ignore SIGINT.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         ) as watch:
             assert watch.stdout is not None
             first = watch.stdout.readline()

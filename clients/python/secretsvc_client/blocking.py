@@ -35,6 +35,7 @@ class BlockingSecretsClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         token: str | None = None,
         tls: TLSConfig | None = None,
+        cache: bool = True,
     ) -> None:
         """Start the private loop and open a channel to ``target``."""
         self._loop = asyncio.new_event_loop()
@@ -42,7 +43,7 @@ class BlockingSecretsClient:
             target=self._loop.run_forever, name="secretsvc-client", daemon=True
         )
         self._thread.start()
-        self._client = self._run(self._open(target, timeout, token, tls))
+        self._client = self._run(self._open(target, timeout, token, tls, cache))
 
     @staticmethod
     async def _open(
@@ -50,9 +51,12 @@ class BlockingSecretsClient:
         call_timeout: float | None,
         token: str | None,
         tls: TLSConfig | None,
+        cache: bool,
     ) -> SecretsClient:
         # The channel must be made on the loop that will drive it.
-        return SecretsClient(target, timeout=call_timeout, token=token, tls=tls)
+        return SecretsClient(
+            target, timeout=call_timeout, token=token, tls=tls, cache=cache
+        )
 
     def __enter__(self) -> BlockingSecretsClient:
         return self

@@ -109,7 +109,7 @@ class SecretsClient:
         token: str | None = None,
         tls: TLSConfig | None = None,
         channel: grpc.aio.Channel | None = None,
-        cache: bool = False,
+        cache: bool = True,
         stale_if_error: float = 300.0,
         clock: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] | None = None,
@@ -128,7 +128,8 @@ class SecretsClient:
             channel: a ready channel to use instead of opening one.
             cache: keep current values in memory and follow WatchRotations in
                 the background, so that ``get`` after the first read costs no
-                network call and is never stale.
+                network call and is never stale. False reads from the server
+                every time (each read then reaches the audit trail).
             stale_if_error: with the cache, seconds to keep serving held values
                 while the server cannot be reached; then ``get`` raises.
             clock: the wall clock that grace periods are judged by.
