@@ -217,11 +217,11 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self, request: pb.RotateSecretRequest, context: Context, caller: Caller
     ) -> pb.RotateSecretResponse:
         """Replace a secret's current version with a new one."""
-        expected = (
-            request.expected_version if request.HasField("expected_version") else None
-        )
         meta = await self._manager.rotate(
-            request.name, Reason.MANUAL, caller=caller, expected_version=expected
+            request.name,
+            Reason.MANUAL,
+            caller=caller,
+            expected_version=_expected(request),
         )
         return pb.RotateSecretResponse(version=_version(meta))
 
@@ -230,11 +230,11 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self, request: pb.PutSecretRequest, context: Context, caller: Caller
     ) -> pb.PutSecretResponse:
         """Write a new current version of an operator-written secret."""
-        expected = (
-            request.expected_version if request.HasField("expected_version") else None
-        )
         meta = await self._manager.put(
-            request.name, request.value, caller=caller, expected_version=expected
+            request.name,
+            request.value,
+            caller=caller,
+            expected_version=_expected(request),
         )
         return pb.PutSecretResponse(version=_version(meta))
 
@@ -332,6 +332,13 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         async with contextlib.aclosing(events):
             async for event in events:
                 yield _event(event)
+
+
+def _expected(request: pb.RotateSecretRequest | pb.PutSecretRequest) -> int | None:
+    """Return the version a check-and-set write expects, or None for no check."""
+    if request.HasField("expected_version"):
+        return request.expected_version
+    return None
 
 
 def _version(meta: VersionMeta) -> pb.VersionInfo:
