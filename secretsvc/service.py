@@ -785,6 +785,13 @@ class SecretManager:
                 check_name(name)
                 _check_version(version)
                 caller.require(Action.READ, name)
+                record = self._secrets.get(name)
+                if record is None or version not in record.versions:
+                    raise VersionNotFound(
+                        f"secret '{name}' has no version {version}",
+                        name=name,
+                        version=version,
+                    )
             async with self._store.write() as tx:
                 await tx.report_versions(consumer_id, dict(versions), self._clock())
 

@@ -6,7 +6,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from secretsvc_client import SecretsClient, UnavailableError
+from secretsvc_client import (
+    InvalidArgumentError,
+    NotFoundError,
+    Secret,
+    SecretsClient,
+    UnavailableError,
+)
 
 from tests.helpers import (
     FakeClock,
@@ -78,10 +84,22 @@ async def test_stale_if_error_window(db_url: str, clock: FakeClock) -> None:
             return False
 
         await poll_until(refused)
+        # Back again: reads ask the server rather than wait for the follower.
+        async with running_server(db_url, clock=clock, listen=url):
+
+            async def answered() -> Secret | None:
+                try:
+                    return await client.get("JWT_SECRET")
+                except UnavailableError:
+                    return None
+
+            back = await poll_until(answered)
     finally:
         await client.close()
 
     assert within.value == held.value
+    assert back is not None
+    assert back.value == held.value
 
 
 async def test_verifying_set_follows_the_grace_period(
@@ -197,3 +215,28 @@ async def test_tokens_verify_through_the_grace_period(
         with pytest.raises(jwt.InvalidTokenError, match="version 1"):
             await verify(before)
         assert (await verify(after))["sub"] == "bob"
+
+
+async def test_reports_of_unknown_versions_are_refused(running: RunningServer) -> None:
+    """A consumer cannot report a version or secret that does not exist."""
+    await running.client.initialize("alice")
+
+    with pytest.raises(NotFoundError, match="no version 999"):
+        await running.client.report_versions({"JWT_SECRET": 999})
+    with pytest.raises(NotFoundError):
+        await running.client.report_versions({"NOPE_KEY": 1})
+
+    listed = {s.name: s.consumers for s in await running.client.list()}
+    assert listed["JWT_SECRET"] == {}
+
+
+async def test_value_that_is_not_text_is_refused_without_echo(
+    running: RunningServer,
+) -> None:
+    """A value the wire cannot carry is an InvalidArgumentError, not echoed."""
+    value = "sk_live_" + "\udcff" * 30
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        await running.client.put("STRIPE_KEY", value)
+
+    assert "\udcff" not in str(raised.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import queue
 import threading
 from collections.abc import Awaitable, Iterator, Sequence
 from types import TracebackType
@@ -123,20 +125,28 @@ class BlockingSecretsClient:
     def watch(
         self, since_event_id: int = 0, names: Sequence[str] | None = None
     ) -> Iterator[RotationEvent]:
-        """Yield rotation events as :meth:`SecretsClient.watch` does."""
-        events = self._client.watch(since_event_id, names)
-        pending: concurrent.futures.Future[RotationEvent] | None = None
+        """Yield rotation events as :meth:`SecretsClient.watch` does.
+
+        The stream lives on the private loop and hands events over through a
+        queue, so an interrupt (Ctrl-C) between events leaves nothing behind.
+        """
+        events: queue.Queue[RotationEvent | None] = queue.Queue()
+
+        async def pump() -> None:
+            stream = self._client.watch(since_event_id, names)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    events.put(event)
+
+        future = self._submit(pump())
+        future.add_done_callback(lambda _done: events.put(None))
         try:
-            while True:
-                pending = self._submit(anext(events))
-                yield pending.result()
+            while (event := events.get()) is not None:
+                yield event
+            future.result()
         finally:
-            # Interrupted while waiting (Ctrl-C): stop the wait before closing.
-            if pending is not None and not pending.done():
-                pending.cancel()
-                concurrent.futures.wait([pending], timeout=5)
-            if self._loop.is_running():
-                self._run(events.aclose())
+            future.cancel()
+            concurrent.futures.wait([future], timeout=5)
 
     def _run(self, awaitable: Awaitable[T]) -> T:
         return self._submit(awaitable).result()

@@ -65,7 +65,17 @@ class SecretCache:
             self._current[name] = held
             await self.report()
             return held
-        self._check_fresh(name)
+        try:
+            self._check_fresh(name)
+        except UnavailableError as stale:
+            # Past the window: ask the server itself before refusing, as it
+            # may be back before the follower reconnects.
+            try:
+                held = await self._fetch(name, "CURRENT")
+            except SecretsError:
+                raise stale from None
+            self._current[name] = held
+            self.connection_back()
         return held
 
     async def verifying(self, name: str) -> list[Secret]:

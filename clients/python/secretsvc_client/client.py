@@ -329,9 +329,17 @@ class SecretsClient:
         With ``expected_version`` (0 for a secret with no version yet), only
         if that is still the current version (otherwise :class:`ConflictError`).
         """
-        request = pb.PutSecretRequest(
-            name=name, value=value, expected_version=expected_version
-        )
+        try:
+            request = pb.PutSecretRequest(
+                name=name, value=value, expected_version=expected_version
+            )
+        except (ValueError, UnicodeError):
+            # Not echoed: the message of the encoding error would quote it.
+            raise InvalidArgumentError(
+                f"the value for '{name}' is not valid text or the expected "
+                "version is out of range",
+                code="INVALID_ARGUMENT",
+            ) from None
         reply = await self._call(self._stub.PutSecret, request)
         return VersionInfo.from_proto(reply.version)
 
