@@ -93,6 +93,7 @@ FOLLOW_BATCH = 500
 # How many of the latest events watchers are served from memory.
 RECENT_EVENTS = 4096
 RESEAL_BATCH = 100
+RESEAL_RETRY_SECONDS = 0.5
 DEFAULT_AUDIT_PAGE = 100
 # A consumer counts for the version it last reported for this long; clients
 # report again every minute.
@@ -400,38 +401,50 @@ class SecretManager:
     # -- re-sealing under a new data key --------------------------------------
 
     async def _reseal_loop(self) -> None:
+        """Re-seal when asked, and again later for what was skipped or failed."""
+        retry: float | None = RESEAL_RETRY_SECONDS
         while not self.hub.closed:
-            await self._reseal_wanted.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reseal_wanted.wait(), retry)
             self._reseal_wanted.clear()
             if self.hub.closed:
                 return
             try:
-                await self.reseal()
+                left = await self.reseal()
             except StoreUnavailable:
                 logger.warning("re-sealing paused: the store cannot be reached")
+                left = 1
             except Exception:
-                logger.exception("re-sealing failed; it resumes on the next start")
+                logger.exception("re-sealing failed; retrying")
+                left = 1
+            # Left: versions other writers held, or a batch that failed.
+            retry = min((retry or RESEAL_RETRY_SECONDS) * 2, 60.0) if left else None
 
     async def reseal(self) -> int:
-        """Re-seal every kept version under the active data key; return how many.
+        """Re-seal the kept versions under the active data key in one pass.
+
+        Returns how many are left on older terms: those another writer held.
 
         Batches are transactions: after a crash, what was done stays done and
         the rest is found again. Older terms stay in the keyring, so every
         version opens before, during and after.
         """
-        done, cursor = 0, 0
+        done, broken, cursor = 0, 0, 0
+        term: int | None = None
         while not self.hub.closed:
             async with self._store.write() as tx:
                 ring = await self._fresh_keyring(tx)
                 term = ring.active_term
                 if term is None:
-                    break
+                    return 0
                 batch = await tx.versions_to_reseal(term, cursor, self._reseal_batch)
                 if not batch:
                     break
                 for candidate in batch:
                     sealed = self._reseal_one(ring, candidate)
-                    if sealed is not None:
+                    if sealed is None:
+                        broken += 1
+                    else:
                         await tx.reseal(candidate, sealed, term)
                         done += 1
                 remaining = await tx.count_to_reseal(term)
@@ -444,7 +457,12 @@ class SecretManager:
                 term,
                 remaining,
             )
-        return done
+        if term is None:
+            return 0
+        async with self._store.read() as tx:
+            remaining = await tx.count_to_reseal(term)
+        # A version that does not open stays as it is; it is not retried.
+        return max(remaining - broken, 0)
 
     def _reseal_one(
         self, ring: crypto.Keyring, candidate: ResealCandidate

@@ -166,6 +166,34 @@ async def test_data_key_rotation_adds_a_term_and_reseals(
     assert REGISTRY.get_sample_value("secretsvc_reseal_pending_versions") == 0
 
 
+async def test_reseal_racing_rotations_finishes_and_loses_nothing(
+    running: RunningServer,
+) -> None:
+    """Rotations during a re-seal neither deadlock it nor leave versions behind."""
+    await running.client.initialize("alice")
+    for _ in range(5):
+        await running.client.rotate("JWT_SECRET")
+        await running.client.rotate("CSRF_SECRET")
+
+    await running.client.rotate("PASSWORD_MASTER_KEY")
+    await asyncio.gather(
+        *(running.client.rotate(name) for name in ["JWT_SECRET", "CSRF_SECRET"] * 10)
+    )
+
+    async def all_on_term_2() -> bool:
+        v = tables.secret_versions
+        async with running.server.store.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(v.c.key_term).where(v.c.sealed_value.is_not(None))
+            )
+            return set(rows.scalars()) == {2}
+
+    await poll_until(all_on_term_2)
+    for version in await running.client.versions("JWT_SECRET"):
+        if version.value_kept:
+            await running.client.get("JWT_SECRET", version.version)
+
+
 async def test_scheduler_rotates_what_falls_due(db_url: str, clock: FakeClock) -> None:
     """Past 90 days only JWT_SECRET is rotated, with reason SCHEDULED."""
     async with running_server(db_url, clock=clock, rotation_interval=0.05) as server:

@@ -449,7 +449,10 @@ class StoreTransaction:
     ) -> list[ResealCandidate]:
         """Lock up to ``limit`` kept versions sealed under a term older than ``term``.
 
-        Rows another writer holds are skipped; ``after_id`` pages through.
+        Each version is locked with its secret's row, the row every other
+        writer locks first, so a re-seal and a rotation never wait on each
+        other in a cycle. Versions another writer holds are skipped;
+        ``after_id`` pages through.
         """
         s, v = t.application_secrets, t.secret_versions
         query = (
@@ -463,7 +466,7 @@ class StoreTransaction:
             )
             .order_by(v.c.id)
             .limit(limit)
-            .with_for_update(skip_locked=True, of=v)
+            .with_for_update(skip_locked=True, of=[v, s])
         )
         return [
             ResealCandidate(
