@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +42,43 @@ class Alphabet(enum.Enum):
     ALPHANUMERIC = "alphanumeric"
 
 
+class RotatorKind(enum.Enum):
+    """What produces a secret's new values and applies them where they are used."""
+
+    # The service draws a random value; nothing outside the store changes.
+    RANDOM = "random"
+    # Operators write each value with PutSecret.
+    MANUAL = "manual"
+    # A database login role's password changes with the URL that holds it.
+    POSTGRES = "postgres"
+    # The keyring's data key: a new term, kept inside the store.
+    KEYRING = "keyring"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    """The database whose login roles the postgres rotator manages."""
+
+    # The login roles: one changes password in place; two alternate.
+    roles: tuple[str, ...]
+    host: str
+    port: int
+    database: str
+    # How the administrator connects: a URL, or the name of a secret holding one.
+    admin_url: str | None = None
+    admin_url_secret: str | None = None
+    # The scheme of the URLs handed out, e.g. "postgresql+asyncpg".
+    scheme: str = "postgresql"
+    connect_timeout_seconds: float = 10.0
+
+    def __repr__(self) -> str:
+        # The admin URL may carry a password.
+        return (
+            f"PostgresTarget(roles={self.roles!r}, host={self.host!r}, "
+            f"port={self.port}, database={self.database!r})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SecretPolicy:
     """How one secret is made, kept and served."""
@@ -60,6 +99,26 @@ class SecretPolicy:
     grace_period_hours: float = 24.0
     # How many versions keep their value; older ones are destroyed.
     retain_versions: int = 10
+    # None: the default for the source (random, manual or keyring).
+    rotator: RotatorKind | None = None
+    # Where the postgres rotator applies values.
+    target: PostgresTarget | None = None
+    # A rotation the target refuses is tried this many times, waiting
+    # retry_backoff_seconds, then twice as long each time, before it is
+    # given up.
+    max_attempts: int = 5
+    retry_backoff_seconds: float = 30.0
+
+    @property
+    def rotator_kind(self) -> RotatorKind:
+        """The rotator that makes this secret's values."""
+        if self.rotator is not None:
+            return self.rotator
+        if self.source is Source.DATA_KEY:
+            return RotatorKind.KEYRING
+        if self.source is Source.GENERATED:
+            return RotatorKind.RANDOM
+        return RotatorKind.MANUAL
 
 
 DEFAULT_CATALOG: tuple[SecretPolicy, ...] = (
@@ -110,6 +169,27 @@ class _Entry(BaseModel):
     format: str | None = Field(default=None, min_length=1, max_length=1000)
     grace_period_hours: float | None = Field(default=None, ge=0, le=24 * 366)
     retain_versions: int | None = Field(default=None, ge=2, le=1000)
+    rotator: Literal["random", "manual", "postgres"] | None = None
+    postgres: _PostgresEntry | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    retry_backoff_seconds: float | None = Field(default=None, ge=0, le=86400)
+
+
+class _PostgresEntry(BaseModel):
+    """The ``[secrets.NAME.postgres]`` table of a postgres-rotated secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admin_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    admin_url_secret: str | None = None
+    roles: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+        min_length=1, max_length=2
+    )
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    database: str | None = Field(default=None, min_length=1, max_length=63)
+    scheme: str = Field(default="postgresql", pattern=r"^postgres(ql)?(\+\w+)?$")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
 
 class _CatalogFile(BaseModel):
@@ -132,6 +212,18 @@ def load_catalog(path: Path | None) -> tuple[SecretPolicy, ...]:
         grace_period_hours = 24          # superseded versions stay readable
         retain_versions = 10             # older versions' values are destroyed
         format = "^sk_live_[A-Za-z0-9]+$"  # written secrets only
+        rotator = "random"               # "manual", "postgres" (see below)
+
+    A postgres-rotated secret names its database and login roles::
+
+        [secrets.DATABASE_URL]
+        rotator = "postgres"
+        [secrets.DATABASE_URL.postgres]
+        admin_url_secret = "DATABASE_ADMIN_URL"  # or admin_url = "postgresql://..."
+        roles = ["app_a", "app_b"]               # two alternate; one changes in place
+        host = "db.internal"                     # host, port and database default
+        port = 5432                              # to the admin URL's
+        database = "app"
 
     Raises:
         StartupError: naming the file, the entry and the problem.
@@ -169,18 +261,37 @@ def _policy(
         raise problem("the keyring's data key cannot be redefined")
 
     policy = base or SecretPolicy(name, rotation_interval_days=None)
-    changes = entry.model_dump(exclude_none=True)
+    changes = entry.model_dump(exclude_none=True, exclude={"postgres"})
     if changes.get("rotation_interval_days") == "never":
         changes["rotation_interval_days"] = None
     if "source" in changes:
         changes["source"] = Source(changes["source"])
     if "alphabet" in changes:
         changes["alphabet"] = Alphabet(changes["alphabet"])
+    if "rotator" in changes:
+        changes["rotator"] = RotatorKind(changes["rotator"])
     policy = replace(policy, **changes)
+
+    if policy.rotator is RotatorKind.POSTGRES:
+        if entry.postgres is None:
+            raise problem(f"a postgres rotator needs a [secrets.{name}.postgres] table")
+        target = _target(entry.postgres, problem)
+        # The service makes the values; an URL already in the environment is
+        # still imported at first login.
+        policy = replace(policy, source=Source.GENERATED, target=target)
+        if entry.source is not None and entry.source != "generated":
+            raise problem("a postgres-rotated secret is generated by the service")
+    elif entry.postgres is not None:
+        raise problem('a postgres table needs rotator = "postgres"')
+    if policy.rotator is RotatorKind.RANDOM and policy.source is not Source.GENERATED:
+        raise problem("the random rotator is for generated secrets")
+    if policy.rotator is RotatorKind.MANUAL and policy.source is Source.GENERATED:
+        raise problem('a manual rotator needs source = "written" or "imported"')
 
     if policy.source is Source.IMPORTED and policy.import_from is None:
         policy = replace(policy, import_from=name)
-    if policy.source is Source.GENERATED and policy.import_from is not None:
+    postgres = policy.rotator is RotatorKind.POSTGRES
+    if policy.source is Source.GENERATED and policy.import_from and not postgres:
         raise problem("import_from is only for imported secrets")
     if policy.format is not None:
         if policy.source is not Source.WRITTEN:
@@ -190,3 +301,44 @@ def _policy(
         except re.error as error:
             raise problem(f"format is not a regular expression: {error}") from None
     return policy
+
+
+def _target(
+    entry: _PostgresEntry, problem: Callable[[str], StartupError]
+) -> PostgresTarget:
+    if (entry.admin_url is None) == (entry.admin_url_secret is None):
+        raise problem("postgres: give exactly one of admin_url and admin_url_secret")
+    if entry.admin_url_secret is not None and not NAME_PATTERN.fullmatch(
+        entry.admin_url_secret
+    ):
+        raise problem(f"postgres.admin_url_secret is not {NAME_RULE}")
+    if len(set(entry.roles)) != len(entry.roles):
+        raise problem("postgres.roles names the same role twice")
+    for role in entry.roles:
+        if "\x00" in role or not role.isprintable():
+            raise problem("postgres.roles holds a name that is not printable")
+    host, port, database = entry.host, entry.port, entry.database
+    if entry.admin_url is not None:
+        # Never echoed: it may carry a password.
+        try:
+            parts = urlsplit(entry.admin_url)
+            admin_host, admin_port = parts.hostname, parts.port
+        except ValueError:
+            raise problem("postgres.admin_url is not a URL") from None
+        if not parts.scheme.startswith("postgres"):
+            raise problem("postgres.admin_url is not a postgresql:// URL")
+        host = host or admin_host
+        port = port or admin_port or 5432
+        database = database or unquote(parts.path.lstrip("/")) or None
+    if host is None or database is None:
+        raise problem("postgres: host and database are needed")
+    return PostgresTarget(
+        roles=tuple(entry.roles),
+        host=host,
+        port=port or 5432,
+        database=database,
+        admin_url=entry.admin_url,
+        admin_url_secret=entry.admin_url_secret,
+        scheme=entry.scheme,
+        connect_timeout_seconds=entry.connect_timeout_seconds,
+    )

@@ -299,6 +299,8 @@ def list_(connection: Connection) -> None:
         every = f"{s.rotation_interval_days}d" if s.rotation_interval_days else "-"
         origin = " (imported)" if s.imported else " (written)" if s.written else ""
         origin += " OVERDUE" if s.overdue else ""
+        origin += " ROTATING" if s.rotation_pending else ""
+        origin += f" FAILED: {s.rotation_failure}" if s.rotation_failed else ""
         if s.consumers:
             on = ", ".join(f"v{v}: {n}" for v, n in sorted(s.consumers.items()))
             origin += f" (consumers {on})"

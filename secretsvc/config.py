@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     tls_policy: Path | None = None
     # Versions re-sealed per transaction after the data key rotates.
     reseal_batch: int = Field(default=100, ge=1, le=10_000)
+    # How long a rotation that touches a database may run before another
+    # process (or this one, restarted) may take it over.
+    rotation_lease: float = Field(default=60.0, gt=0, le=3600)
+    # A test hook: pause every rotation that touches a target after this step
+    # (created, applied or verified), so a test can kill the process there.
+    test_pause_after: Literal["created", "applied", "verified"] | None = None
     # host:port of the Prometheus metrics endpoint; none by default.
     metrics_listen: str | None = None
 

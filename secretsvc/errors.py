@@ -95,6 +95,21 @@ class StoreUnavailable(SecretsError):
     outcome = "unavailable"
 
 
+class RotationInProgress(SecretsError):
+    """Another rotation of the secret is under way."""
+
+    outcome = "conflict"
+
+
+class TargetRefused(SecretsError):
+    """The system a rotator applies values to refused or could not be reached.
+
+    The message says what the target answered; it never holds a value.
+    """
+
+    outcome = "failed"
+
+
 class StartupError(Exception):
     """The service cannot start; the message says why, in one line."""
 

@@ -26,6 +26,8 @@ class Reason(enum.StrEnum):
     ROLLBACK = "ROLLBACK"
     # Not a new version: the secret fell due and waits for an operator.
     ROTATION_DUE = "ROTATION_DUE"
+    # Not a new version: a rotation was given up; the current one stands.
+    ROTATION_FAILED = "ROTATION_FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +161,30 @@ class ResealCandidate:
 
     def __repr__(self) -> str:
         return f"ResealCandidate(name={self.name!r}, version={self.version})"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingVersion:
+    """A rotation in progress, or (``failed_at`` set) the last one given up."""
+
+    name: str
+    version: int
+    sealed_value: bytes | None
+    key_term: int | None
+    reason: Reason
+    # created, applied or verified: the last step done.
+    step: str
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime
+    owner: str
+    created_at: datetime
+    created_by: str
+    failed_at: datetime | None = None
+    failure: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingVersion(name={self.name!r}, version={self.version}, "
+            f"step={self.step!r}, attempts={self.attempts})"
+        )

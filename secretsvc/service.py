@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import logging
 import re
+import secrets
 from collections.abc import (
     AsyncGenerator,
     Callable,
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from prometheus_client import Gauge
 
 from secretsvc import crypto
@@ -44,11 +46,13 @@ from secretsvc.errors import (
     ReadForbidden,
     RootKeyChanged,
     RootKeyMismatch,
+    RotationInProgress,
     SecretCorrupted,
     SecretNotFound,
     SecretsError,
     StartupError,
     StoreUnavailable,
+    TargetRefused,
     VersionConflict,
     VersionExpired,
     VersionNotFound,
@@ -59,6 +63,7 @@ from secretsvc.model import (
     AuditQuery,
     AuditRecord,
     NewVersion,
+    PendingVersion,
     Reason,
     ResealCandidate,
     RotationEventRecord,
@@ -67,7 +72,7 @@ from secretsvc.model import (
     StoreMeta,
     VersionRecord,
 )
-from secretsvc.rotation.rotators import generate_value
+from secretsvc.rotation.rotators import Rotator, rotator_for
 from secretsvc.store import Store, StoreTransaction, migrate
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,10 @@ FOLLOW_BATCH = 500
 RECENT_EVENTS = 4096
 RESEAL_BATCH = 100
 RESEAL_RETRY_SECONDS = 0.5
+# A rotation given up is tried again, with a new value, this long after.
+FAILED_ROTATION_RETRY = timedelta(days=1)
+# Who reads the secret that holds a target's administrator URL.
+ROTATOR_ACTOR = "system:rotator"
 DEFAULT_AUDIT_PAGE = 100
 # A consumer counts for the version it last reported for this long; clients
 # report again every minute.
@@ -151,6 +160,10 @@ class SecretSummary:
     overdue: bool = False
     # Consumers that lately reported each version.
     consumers: Mapping[int, int] = field(default_factory=dict)
+    rotator: str = ""
+    rotation_pending: bool = False
+    # Why the last rotation was given up; None when it was not.
+    failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +199,8 @@ class SecretManager:
         audit: AuditTrail | None = None,
         hub: EventHub | None = None,
         reseal_batch: int = RESEAL_BATCH,
+        rotation_lease: float = 60.0,
+        pause_after: str | None = None,
     ) -> None:
         """Prepare a manager; :meth:`start` opens the store.
 
@@ -199,6 +214,9 @@ class SecretManager:
             hub: wakes watchers when events are appended.
             reseal_batch: versions re-sealed in one transaction after the
                 data key rotates.
+            rotation_lease: seconds a rotation that touches a target is held
+                by this process before another may take it over.
+            pause_after: a test hook: pause such rotations after this step.
         """
         self._store = store
         self._root_key_secret = root_key
@@ -223,6 +241,14 @@ class SecretManager:
         self._keyring = crypto.Keyring()
         self._secrets: dict[str, SecretRecord] = {}
         self._master: str | None = None
+        self._rotators: dict[str, Rotator] = {
+            policy.name: rotator_for(policy, self._value_for_rotator)
+            for policy in catalog
+        }
+        self._lease = timedelta(seconds=rotation_lease)
+        self._pause_after = pause_after
+        # Names this process as the holder of the pending versions it drives.
+        self._owner = secrets.token_hex(8)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -534,6 +560,11 @@ class SecretManager:
             return False
         return policy.source is not Source.IMPORTED or self._import(policy) is not None
 
+    def touches_target(self, name: str) -> bool:
+        """Tell whether rotating ``name`` changes a system outside the store."""
+        rotator = self._rotators.get(name)
+        return rotator is not None and rotator.has_target
+
     def _import(self, policy: SecretPolicy) -> str | None:
         value = self._environ.get(policy.import_from or policy.name)
         return value or None
@@ -553,6 +584,8 @@ class SecretManager:
         assert self._root is not None
         now = self._clock()
         events: list[RotationEventRecord] = []
+        # Made through their target, after this transaction.
+        deferred: list[SecretPolicy] = []
 
         async with self._store.write() as tx:
             master = await tx.claim_master(user_id, now)
@@ -579,7 +612,10 @@ class SecretManager:
                     if waits or (policy.source is Source.IMPORTED and value is None):
                         outcome.skipped.extend(self._skipped([policy]))
                         continue
-                    value = value or generate_value(policy)
+                    if value is None and self.touches_target(policy.name):
+                        deferred.append(policy)
+                        continue
+                    value = value or self._rotators[policy.name].produce(policy, None)
                     stored = ring.seal(policy.name, 1, value.encode())
                     first = _new_version(policy, 1, stored, Reason.INITIAL, now, actor)
                 await tx.create_secret(
@@ -601,6 +637,8 @@ class SecretManager:
 
         self._keyring = ring
         self._master = outcome.master_user_id
+        for policy in deferred:
+            await self._first_on_target(policy, actor, outcome)
         await self._reload(outcome.generated + outcome.already_present)
         if events:
             logger.info(
@@ -611,6 +649,26 @@ class SecretManager:
             self._log_changed.publish()
 
         return outcome
+
+    async def _first_on_target(
+        self, policy: SecretPolicy, actor: str, outcome: InitializeOutcome
+    ) -> None:
+        """Make a secret's first version through its target, in the four steps."""
+        name = policy.name
+        try:
+            made = await self._rotate_on_target(policy, Reason.INITIAL, actor)
+        except RotationInProgress:
+            made = None
+        except TargetRefused as error:
+            outcome.skipped.append((name, f"{error}; the rotation loop tries again"))
+            return
+        if made is None:
+            if name in self._secrets:
+                outcome.already_present.append(name)
+            else:
+                outcome.skipped.append((name, "its first version is being made"))
+            return
+        outcome.generated.append(name)
 
     async def _new_data_key(
         self,
@@ -766,8 +824,9 @@ class SecretManager:
         try:
             async with self._store.read() as tx:
                 consumers = await tx.consumer_counts(since)
+                pending = await tx.pending_states()
         except StoreUnavailable:
-            consumers = {}
+            consumers, pending = {}, {}
         return [
             SecretSummary(
                 name=record.name,
@@ -779,6 +838,9 @@ class SecretManager:
                 written=self._source(record.name) is Source.WRITTEN,
                 overdue=self._overdue(record),
                 consumers=consumers.get(record.name, {}),
+                rotator=self._rotator_kind(record.name),
+                rotation_pending=_in_progress(pending.get(record.name)),
+                failure=_failure(pending.get(record.name)),
             )
             for record in sorted(self._secrets.values(), key=lambda r: r.name)
             if any(caller.allows(a, record.name) for a in _LISTING_ACTIONS)
@@ -818,6 +880,10 @@ class SecretManager:
         due = record.next_rotation_due
         return waits and due is not None and due <= self._clock()
 
+    def _rotator_kind(self, name: str) -> str:
+        policy = self._policies.get(name)
+        return policy.rotator_kind.value if policy else ""
+
     def _source(self, name: str) -> Source:
         policy = self._policies.get(name)
         return policy.source if policy else Source.GENERATED
@@ -848,9 +914,14 @@ class SecretManager:
             check_name(name)
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
-            meta = await _to_the_end(
-                self._promote(policy, reason, actor, expected=expected_version)
-            )
+            if self.touches_target(name):
+                meta = await self._rotate_on_target(
+                    policy, reason, actor, expected=expected_version
+                )
+            else:
+                meta = await _to_the_end(
+                    self._promote(policy, reason, actor, expected=expected_version)
+                )
         assert meta is not None
         return meta
 
@@ -864,6 +935,10 @@ class SecretManager:
         with self._audited(actor, "rotate", name, None):
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
+            if self.touches_target(name):
+                return await self._rotate_on_target(
+                    policy, Reason.SCHEDULED, actor, only_if_due=True
+                )
             return await _to_the_end(
                 self._promote(policy, Reason.SCHEDULED, actor, only_if_due=True)
             )
@@ -928,9 +1003,14 @@ class SecretManager:
             policy = self._policies.get(name)
             if policy is None or policy.source is Source.DATA_KEY:
                 raise NotRotatable(f"secret '{name}' cannot be rolled back", name=name)
-            meta = await _to_the_end(
-                self._promote(policy, Reason.ROLLBACK, actor, rollback_to=version)
-            )
+            if self.touches_target(name):
+                meta = await self._rotate_on_target(
+                    policy, Reason.ROLLBACK, actor, rollback_to=version
+                )
+            else:
+                meta = await _to_the_end(
+                    self._promote(policy, Reason.ROLLBACK, actor, rollback_to=version)
+                )
         assert meta is not None
         return meta
 
@@ -1015,10 +1095,9 @@ class SecretManager:
                 if rollback_to is not None:
                     assert record is not None
                     value = self._rollback_value(ring, record, rollback_to)
-                plaintext = (
-                    value if value is not None else generate_value(policy).encode()
-                )
-                stored = ring.seal(name, version, plaintext)
+                if value is None:
+                    value = self._rotators[name].produce(policy, None).encode()
+                stored = ring.seal(name, version, value)
                 new = _new_version(policy, version, stored, reason, now, actor)
             if record is None:
                 await tx.create_secret(
@@ -1050,6 +1129,383 @@ class SecretManager:
             reason=reason,
             next_rotation_due=new.next_rotation_due,
         )
+
+    # -- rotations that touch a target ----------------------------------------
+
+    async def _rotate_on_target(
+        self,
+        policy: SecretPolicy,
+        reason: Reason,
+        actor: str,
+        *,
+        only_if_due: bool = False,
+        expected: int | None = None,
+        rollback_to: int | None = None,
+    ) -> VersionMeta | None:
+        """Rotate in four steps: store pending, apply, verify, promote.
+
+        Each step is durable before the next begins, so a process that dies
+        anywhere leaves a pending version that the rotation loop finishes.
+        Returns None when there was nothing to do (not due, or begun elsewhere).
+
+        Raises:
+            TargetRefused: the target refused; the loop tries again, a bounded
+                number of times.
+            RotationInProgress: another rotation of the secret is under way.
+        """
+        pending = await _to_the_end(
+            self._begin(policy, reason, actor, only_if_due, expected, rollback_to)
+        )
+        if pending is None:
+            return None
+        await self._pause("created", policy.name)
+        return await self._drive(policy, pending)
+
+    async def resume(self, name: str) -> VersionMeta | None:
+        """Take over a pending version nobody holds, and drive it to the end.
+
+        Returns None when there was none to take, or when this attempt failed
+        (the failure is logged, and the next attempt scheduled).
+        """
+        now = self._clock()
+        async with self._store.write() as tx:
+            pending = await tx.claim_pending(name, self._owner, now, now + self._lease)
+        if pending is None:
+            return None
+        policy = self._policies.get(name)
+        if policy is None or not self.touches_target(name):
+            async with self._store.write() as tx:
+                await tx.delete_pending(name)
+            logger.warning("discarded the pending version of %s: no rotator", name)
+            return None
+        logger.info(
+            "resuming the rotation of %s to version %d after step %s",
+            name,
+            pending.version,
+            pending.step,
+        )
+        with contextlib.suppress(TargetRefused, RotationInProgress):
+            return await self._drive(policy, pending)
+        return None
+
+    async def pending_to_resume(self) -> list[str]:
+        """Name the pending versions nobody holds whose next attempt is due."""
+        async with self._store.read() as tx:
+            return await tx.pending_to_resume(self._clock())
+
+    async def _begin(
+        self,
+        policy: SecretPolicy,
+        reason: Reason,
+        actor: str,
+        only_if_due: bool,
+        expected: int | None,
+        rollback_to: int | None,
+    ) -> PendingVersion | None:
+        """Step one: seal and store the pending version, before the target."""
+        name = policy.name
+        now = self._clock()
+        try:
+            async with self._store.write() as tx:
+                if only_if_due:
+                    record = await tx.claim_due(name, now)
+                    if record is None:
+                        return None
+                else:
+                    record = await tx.lock_secret(name)
+                if record is None and reason is not Reason.INITIAL:
+                    raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                earlier = await tx.pending(name)
+                if reason is Reason.INITIAL and (record is not None or earlier):
+                    return None
+                if _in_progress(earlier) and earlier and earlier.lease_until > now:
+                    if only_if_due:
+                        return None
+                    raise RotationInProgress(
+                        f"a rotation of secret '{name}' is under way", name=name
+                    )
+                old = record.current.version if record else 0
+                if expected is not None and expected != old:
+                    raise VersionConflict(
+                        f"secret '{name}' is at version {old}, not {expected}",
+                        name=name,
+                        version=old,
+                    )
+                ring = await self._fresh_keyring(tx)
+                current: str | None = None
+                if record is not None and record.current.sealed_value is not None:
+                    sealed = record.current.sealed_value
+                    current = ring.open(name, old, sealed).decode()
+                if rollback_to is not None:
+                    assert record is not None
+                    value = self._rollback_value(ring, record, rollback_to).decode()
+                else:
+                    value = self._rotators[name].produce(policy, current)
+                version = max(record.versions) + 1 if record else 1
+                stored = ring.seal(name, version, value.encode())
+                pending = PendingVersion(
+                    name=name,
+                    version=version,
+                    sealed_value=stored,
+                    key_term=crypto.Keyring.term_of(stored),
+                    reason=reason,
+                    step="created",
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_until=now + self._lease,
+                    owner=self._owner,
+                    created_at=now,
+                    created_by=actor,
+                )
+                await tx.put_pending(pending)
+                action = _ACTIONS.get(reason, "rotate")
+                await tx.append_audit(
+                    [self.audit.make(actor, action, "pending", name, version)]
+                )
+        except sa.exc.IntegrityError:
+            # Another process stored its pending version first.
+            raise RotationInProgress(
+                f"a rotation of secret '{name}' is under way", name=name
+            ) from None
+        except crypto.SealError:
+            raise SecretCorrupted(
+                f"the current version of secret '{name}' cannot be opened", name=name
+            ) from None
+        self._keyring = ring
+        logger.info(
+            "%s: %s version %d is pending; applying it to its target",
+            reason.value.lower(),
+            name,
+            version,
+        )
+        return pending
+
+    async def _drive(
+        self, policy: SecretPolicy, pending: PendingVersion
+    ) -> VersionMeta | None:
+        """Apply, verify and promote a stored pending version: steps two to four."""
+        name = policy.name
+        rotator = self._rotators[name]
+        assert pending.sealed_value is not None
+        value = (await self._open(name, pending.version, pending.sealed_value)).decode()
+        try:
+            # After a crash the target may have it already.
+            done = False
+            if pending.step != "created":
+                with contextlib.suppress(TargetRefused):
+                    await rotator.verify(value)
+                    done = True
+            if not done:
+                await rotator.apply(value)
+                await _to_the_end(self._mark(pending, "applied"))
+                await self._pause("applied", name)
+                await rotator.verify(value)
+            await _to_the_end(self._mark(pending, "verified"))
+            await self._pause("verified", name)
+        except TargetRefused as error:
+            raise await _to_the_end(
+                self._attempt_failed(policy, pending, error)
+            ) from None
+        return await _to_the_end(self._finish(policy, pending, value))
+
+    async def _mark(self, pending: PendingVersion, step: str) -> None:
+        """Record that a step is done, and renew this process's hold."""
+        now = self._clock()
+        async with self._store.write() as tx:
+            held = await tx.update_pending(
+                pending.name, self._owner, step=step, lease_until=now + self._lease
+            )
+        if not held:
+            raise RotationInProgress(
+                f"the rotation of secret '{pending.name}' was taken over",
+                name=pending.name,
+            )
+
+    async def _attempt_failed(
+        self, policy: SecretPolicy, pending: PendingVersion, error: TargetRefused
+    ) -> SecretsError:
+        """Schedule the next attempt, or give the rotation up after the last."""
+        name = policy.name
+        now = self._clock()
+        attempts = pending.attempts + 1
+        if attempts < policy.max_attempts:
+            delay = policy.retry_backoff_seconds * 2 ** (attempts - 1)
+            async with self._store.write() as tx:
+                await tx.update_pending(
+                    name,
+                    self._owner,
+                    attempts=attempts,
+                    step="created",
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    lease_until=now,
+                )
+            logger.warning(
+                "rotation of %s: attempt %d of %d failed: %s; trying again in %gs",
+                name,
+                attempts,
+                policy.max_attempts,
+                error,
+                delay,
+            )
+            return TargetRefused(
+                f"secret '{name}': {error} (attempt {attempts} of "
+                f"{policy.max_attempts}; tried again in {delay:g}s)",
+                name=name,
+            )
+
+        failure = str(error)[:500]
+        async with self._store.write() as tx:
+            record = await tx.lock_secret(name)
+            current = record.current.version if record else 0
+            held = await tx.update_pending(
+                name,
+                self._owner,
+                attempts=attempts,
+                sealed_value=None,
+                key_term=None,
+                failed_at=now,
+                failure=failure,
+                lease_until=now,
+            )
+            if held:
+                if record is not None:
+                    await tx.set_next_due(name, now + FAILED_ROTATION_RETRY)
+                await tx.append_event(
+                    name, current, current, Reason.ROTATION_FAILED, now
+                )
+                await tx.append_audit(
+                    [
+                        self.audit.make(
+                            pending.created_by,
+                            _ACTIONS.get(pending.reason, "rotate"),
+                            "failed",
+                            name,
+                            pending.version,
+                            failure,
+                        )
+                    ]
+                )
+        if held:
+            logger.error(
+                "rotation of %s given up after %d attempts: %s; version %d stays "
+                "current, and the rotation loop tries a new value in %s",
+                name,
+                attempts,
+                failure,
+                current,
+                FAILED_ROTATION_RETRY,
+            )
+            await self._reload([name])
+            self._log_changed.publish()
+        return TargetRefused(
+            f"secret '{name}': {error} (given up after {attempts} attempts)",
+            name=name,
+        )
+
+    async def _finish(
+        self, policy: SecretPolicy, pending: PendingVersion, value: str
+    ) -> VersionMeta:
+        """Step four: promote with the event and audit record, in one transaction."""
+        name = policy.name
+        now = self._clock()
+        version = pending.version
+        reason = pending.reason
+        previous: bytes | None = None
+        async with self._store.write() as tx:
+            record = await tx.lock_secret(name)
+            mine = await tx.pending(name)
+            if (
+                mine is None
+                or mine.owner != self._owner
+                or mine.version != version
+                or mine.sealed_value is None
+            ):
+                raise RotationInProgress(
+                    f"the rotation of secret '{name}' was taken over", name=name
+                )
+            old = record.current.version if record else 0
+            new = _new_version(
+                policy, version, mine.sealed_value, reason, now, pending.created_by
+            )
+            if record is None:
+                await tx.create_secret(
+                    new,
+                    encrypted_value=mine.sealed_value,
+                    min_length=policy.min_length,
+                    interval_days=policy.rotation_interval_days,
+                )
+            else:
+                previous = record.current.sealed_value
+                await tx.promote(new, encrypted_value=mine.sealed_value)
+            await tx.append_event(name, old, version, reason, now)
+            action = _ACTIONS.get(reason, "rotate")
+            await tx.append_audit(
+                [
+                    self.audit.make(
+                        pending.created_by, action, "ok", name, version, reason.value
+                    )
+                ]
+            )
+            await tx.destroy_values_before(name, version - policy.retain_versions + 1)
+            await tx.delete_pending(name)
+
+        await self._reload([name])
+        logger.info("%s: %s is now version %d", reason.value.lower(), name, version)
+        self._log_changed.publish()
+        if previous is not None:
+            await self._retire(policy, old, previous, value, now)
+        return VersionMeta(
+            name=name,
+            version=version,
+            stage=Stage.CURRENT,
+            created_at=now,
+            reason=reason,
+            next_rotation_due=new.next_rotation_due,
+        )
+
+    async def _retire(
+        self,
+        policy: SecretPolicy,
+        old: int,
+        sealed: bytes,
+        current: str,
+        promoted_at: datetime,
+    ) -> None:
+        """Let the previous value stop working on the target when its grace ends."""
+        until = promoted_at + timedelta(hours=policy.grace_period_hours)
+        try:
+            previous = (await self._open(policy.name, old, sealed)).decode()
+            await self._rotators[policy.name].retire(previous, current, until)
+        except (TargetRefused, SecretCorrupted) as error:
+            logger.warning(
+                "the previous version of %s may keep working on its target past "
+                "its grace period: %s",
+                policy.name,
+                error,
+            )
+
+    async def _pause(self, step: str, name: str) -> None:
+        """Stop here for good if the test hook says so, for a test to kill us."""
+        if self._pause_after == step:
+            logger.warning("test hook: rotation of %s paused after step %s", name, step)
+            await asyncio.Event().wait()
+
+    async def _value_for_rotator(self, name: str) -> str:
+        """Open the current value of a secret a rotator needs, such as an admin URL."""
+        record = self._secrets.get(name)
+        if record is None or record.current.sealed_value is None:
+            raise TargetRefused(
+                f"secret '{name}', which should hold the administrator URL, "
+                "has no value",
+                name=name,
+            )
+        version = record.current.version
+        try:
+            plain = await self._open(name, version, record.current.sealed_value)
+        except SecretCorrupted as error:
+            raise TargetRefused(str(error), name=name) from None
+        self.audit.record(ROTATOR_ACTOR, "read", "ok", name, version)
+        return plain.decode()
 
     def _rollback_value(
         self, ring: crypto.Keyring, record: SecretRecord, version: int
@@ -1199,6 +1655,16 @@ def _select(record: SecretRecord, version: int, stage: Stage | None) -> VersionR
     if stage not in (None, Stage.CURRENT):
         raise InvalidRequest("stage must be CURRENT or PREVIOUS")
     return record.current
+
+
+def _in_progress(pending: PendingVersion | None) -> bool:
+    return pending is not None and pending.sealed_value is not None
+
+
+def _failure(pending: PendingVersion | None) -> str | None:
+    if pending is None or pending.failed_at is None:
+        return None
+    return pending.failure or "the target refused"
 
 
 def _check_value(policy: SecretPolicy, value: str) -> None:

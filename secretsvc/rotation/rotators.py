@@ -1,16 +1,37 @@
-"""Produce new secret values."""
+"""Rotators: what produces a secret's new values and applies them where used.
+
+Every rotation takes the same four steps, whatever the rotator: the manager
+stores the pending version sealed, the rotator applies it to its target and
+verifies it there, and the manager promotes it with its event and audit
+record. A new rotator is one small class: :meth:`Rotator.produce`, and
+:meth:`Rotator.apply` and :meth:`Rotator.verify` when it has a target.
+"""
 
 from __future__ import annotations
 
+import abc
+import base64
 import secrets
 import string
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote, urlsplit
 
-from secretsvc.catalog import Alphabet, SecretPolicy
+import asyncpg
+import scramp
+
+from secretsvc.catalog import Alphabet, PostgresTarget, RotatorKind, SecretPolicy
+from secretsvc.errors import NotRotatable, TargetRefused
 
 # 64 characters carry at least 256 bits in each alphabet but hex (which gets
 # 64 hex digits, 256 bits, too).
 DEFAULT_LENGTH = 64
 _ALPHANUMERIC = string.ascii_letters + string.digits
+# Letters and digits only: a password that needs no escaping in a URL.
+PASSWORD_LENGTH = 48
+SCRAM_ITERATIONS = 4096
 
 
 def generate_value(policy: SecretPolicy) -> str:
@@ -24,3 +45,279 @@ def generate_value(policy: SecretPolicy) -> str:
     if policy.alphabet is Alphabet.ALPHANUMERIC:
         return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
     return secrets.token_urlsafe(length)[:length]
+
+
+class Rotator(abc.ABC):
+    """Produce a secret's next value, and apply and verify it on its target."""
+
+    kind: ClassVar[RotatorKind]
+    # Whether apply and verify reach a system outside the store. Without a
+    # target the four steps run in one transaction: nothing lies between
+    # them that a crash could split.
+    has_target: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def produce(self, policy: SecretPolicy, current: str | None) -> str:
+        """Return a new value; ``current`` is the current one, if any."""
+
+    async def apply(self, value: str) -> None:  # noqa: B027 - nothing to apply
+        """Make ``value`` work on the target; running it twice does no harm.
+
+        Raises:
+            TargetRefused: the target refused or could not be reached.
+        """
+
+    async def verify(self, value: str) -> None:  # noqa: B027 - nothing to check
+        """Check on the target that ``value`` works.
+
+        Raises:
+            TargetRefused: it does not.
+        """
+
+    async def retire(  # noqa: B027 - nothing to retire
+        self, previous: str, current: str, until: datetime
+    ) -> None:
+        """Let ``previous`` stop working on the target at ``until``."""
+
+
+class RandomRotator(Rotator):
+    """A random value from the CSPRNG; nothing outside the store changes."""
+
+    kind = RotatorKind.RANDOM
+
+    def produce(self, policy: SecretPolicy, current: str | None) -> str:
+        """Draw a new value in the policy's alphabet and length."""
+        return generate_value(policy)
+
+
+class ManualRotator(Rotator):
+    """Operators write each value; the service never invents one."""
+
+    kind = RotatorKind.MANUAL
+
+    def produce(self, policy: SecretPolicy, current: str | None) -> str:
+        """Refuse: an operator writes this secret with PutSecret."""
+        raise NotRotatable(
+            f"secret '{policy.name}' is written by operators: write a new value "
+            "with PutSecret",
+            name=policy.name,
+        )
+
+
+class PostgresRotator(Rotator):
+    r"""A PostgreSQL login role's password, and the URL that logs in with it.
+
+    With one role the password changes in place: the previous URL stops
+    working as soon as the new password is applied. With two roles they
+    alternate, so the previous URL keeps working until its grace period ends,
+    when the role's password expires (``VALID UNTIL``).
+
+    The new password never reaches the server, nor any SQL text: ``ALTER
+    ROLE`` receives its SCRAM-SHA-256 verifier, as ``psql``'s ``\password``
+    does.
+    """
+
+    kind = RotatorKind.POSTGRES
+    has_target = True
+
+    def __init__(
+        self, target: PostgresTarget, admin_url: Callable[[], Awaitable[str]]
+    ) -> None:
+        """Manage ``target``'s roles, connecting as the URL ``admin_url`` gives."""
+        self.target = target
+        self._admin_url = admin_url
+
+    def produce(self, policy: SecretPolicy, current: str | None) -> str:
+        """Return a URL for the next role with a new random password."""
+        roles = self.target.roles
+        role = roles[0]
+        if len(roles) == 2 and current is not None:
+            in_use = _credentials(current)[0]
+            role = roles[1] if in_use == roles[0] else roles[0]
+        length = max(PASSWORD_LENGTH, policy.min_length)
+        shape = replace(policy, alphabet=Alphabet.ALPHANUMERIC, min_length=length)
+        return self.url(role, generate_value(shape)[:length])
+
+    def url(self, role: str, password: str) -> str:
+        """Return the URL that logs ``role`` in to the target's database."""
+        t = self.target
+        host = f"[{t.host}]" if ":" in t.host else t.host
+        return (
+            f"{t.scheme}://{quote(role, safe='')}:{quote(password, safe='')}"
+            f"@{host}:{t.port}/{quote(t.database, safe='')}"
+        )
+
+    async def apply(self, value: str) -> None:
+        """Set the role's password to the URL's: ``ALTER ROLE ... PASSWORD``."""
+        role, password = self._managed(value)
+        statement = (
+            f"ALTER ROLE {quote_ident(role)} PASSWORD "
+            f"{quote_literal(scram_verifier(password))} VALID UNTIL 'infinity'"
+        )
+        await self._as_admin(statement, secrets_in_errors=(password,))
+
+    async def verify(self, value: str) -> None:
+        """Log in with the new URL and check who the server says we are."""
+        role, password = _credentials(value)
+        t = self.target
+        try:
+            connection = await asyncpg.connect(
+                host=t.host,
+                port=t.port,
+                user=role,
+                password=password,
+                database=t.database,
+                timeout=t.connect_timeout_seconds,
+            )
+        except Exception as error:
+            raise self._refused(
+                "logging in with the new password", error, password
+            ) from None
+        try:
+            who = await connection.fetchval("SELECT current_user")
+        finally:
+            await connection.close(timeout=t.connect_timeout_seconds)
+        if who != role:
+            raise TargetRefused(f"the new password logged in as {who!r}, not {role!r}")
+
+    async def retire(self, previous: str, current: str, until: datetime) -> None:
+        """Expire the previous role's password at ``until``, when roles alternate."""
+        try:
+            old_role = _credentials(previous)[0]
+        except TargetRefused:
+            return
+        if old_role == _credentials(current)[0] or old_role not in self.target.roles:
+            return
+        statement = (
+            f"ALTER ROLE {quote_ident(old_role)} "
+            f"VALID UNTIL {quote_literal(until.isoformat())}"
+        )
+        await self._as_admin(statement, secrets_in_errors=())
+
+    def _managed(self, value: str) -> tuple[str, str]:
+        role, password = _credentials(value)
+        if role not in self.target.roles:
+            raise TargetRefused(f"role {role!r} is not one this rotator manages")
+        return role, password
+
+    async def _as_admin(
+        self, statement: str, *, secrets_in_errors: tuple[str, ...]
+    ) -> None:
+        t = self.target
+        admin_url = await self._admin_url()
+        hidden = (*secrets_in_errors, admin_url, *_url_secrets(admin_url))
+        try:
+            connection = await asyncpg.connect(
+                dsn=_without_driver(admin_url), timeout=t.connect_timeout_seconds
+            )
+        except Exception as error:
+            raise self._refused(
+                "connecting as the administrator", error, *hidden
+            ) from None
+        try:
+            await connection.execute(statement, timeout=t.connect_timeout_seconds)
+        except Exception as error:
+            raise self._refused("changing the password", error, *hidden) from None
+        finally:
+            await connection.close(timeout=t.connect_timeout_seconds)
+
+    def _refused(self, doing: str, error: BaseException, *hidden: str) -> TargetRefused:
+        t = self.target
+        return TargetRefused(
+            f"database {t.database} at {t.host}:{t.port}: {doing} failed: "
+            f"{describe(error, hidden)}"
+        )
+
+
+def describe(error: BaseException, hidden: tuple[str, ...] = ()) -> str:
+    """Say what went wrong in one line, with every ``hidden`` string blotted out."""
+    sqlstate: Any = getattr(error, "sqlstate", None)
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for secret in sorted((h for h in hidden if h), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    prefix = f"{sqlstate} " if isinstance(sqlstate, str) else ""
+    return f"{prefix}{text}"[:300]
+
+
+def scram_verifier(password: str) -> str:
+    """Return the SCRAM-SHA-256 verifier PostgreSQL stores for ``password``."""
+    mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
+    salt, stored_key, server_key, iterations = mechanism.make_auth_info(
+        password, iteration_count=SCRAM_ITERATIONS
+    )
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier: every double quote doubled, the whole quoted."""
+    if "\x00" in name:
+        raise TargetRefused("a role name holds a NUL character")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """Quote an SQL string literal that holds no secret (a verifier, a time)."""
+    if "\x00" in text or "\\" in text:
+        raise TargetRefused("a literal holds a character it may not")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def role_of(url: str) -> str | None:
+    """Return the role a database URL logs in as, or None if it names none."""
+    try:
+        return _credentials(url)[0]
+    except TargetRefused:
+        return None
+
+
+def _credentials(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        user = password = None
+    if not user or password is None:
+        raise TargetRefused("the URL names no role and password")
+    return unquote(user), unquote(password)
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password, unquote(password)) if password else ()
+
+
+def _without_driver(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}"
+
+
+def rotator_for(
+    policy: SecretPolicy, admin_url: Callable[[str], Awaitable[str]]
+) -> Rotator:
+    """Return the rotator the policy names.
+
+    ``admin_url`` opens the current value of a secret by name, for a target
+    whose administrator URL is kept in the store.
+    """
+    kind = policy.rotator_kind
+    if kind is RotatorKind.POSTGRES:
+        target = policy.target
+        assert target is not None
+
+        async def resolve() -> str:
+            if target.admin_url is not None:
+                return target.admin_url
+            assert target.admin_url_secret is not None
+            return await admin_url(target.admin_url_secret)
+
+        return PostgresRotator(target, resolve)
+    if kind is RotatorKind.MANUAL:
+        return ManualRotator()
+    return RandomRotator()

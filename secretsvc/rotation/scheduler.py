@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 from secretsvc.access import Caller
 from secretsvc.catalog import Source
-from secretsvc.errors import StoreUnavailable
-from secretsvc.service import Clock, SecretManager, utc_now
+from secretsvc.errors import RotationInProgress, StoreUnavailable, TargetRefused
+from secretsvc.service import Clock, SecretManager, VersionMeta, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class RotationScheduler:
         self._clock = clock
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Rotations that wait on a target run beside the loop, one per secret,
+        # so a slow or failing target delays no other secret.
+        self._on_target: dict[str, asyncio.Task[VersionMeta | None]] = {}
 
     def start(self) -> None:
         """Start the loop; the first tick runs at once."""
@@ -47,6 +52,12 @@ class RotationScheduler:
         if self._task is not None:
             await self._task
             self._task = None
+        # Cut short, a rotation keeps its pending version; the next start (or
+        # another replica) finishes it once this process's hold runs out.
+        for task in self._on_target.values():
+            task.cancel()
+        await asyncio.gather(*self._on_target.values(), return_exceptions=True)
+        self._on_target.clear()
         logger.info("rotation loop stopped")
 
     async def _run(self) -> None:
@@ -94,6 +105,12 @@ class RotationScheduler:
                 # The service cannot make these values: tell the operators.
                 await self._manager.announce_due(name, caller=SCHEDULER)
                 continue
+            if self._manager.touches_target(name):
+                due = functools.partial(
+                    self._manager.rotate_if_due, name, caller=SCHEDULER
+                )
+                self._beside(name, due)
+                continue
             try:
                 meta = await self._manager.rotate_if_due(name, caller=SCHEDULER)
             except StoreUnavailable:
@@ -105,4 +122,31 @@ class RotationScheduler:
             if meta is not None:
                 rotated.append(name)
 
+        # Rotations a crash, a restart or a refusing target left pending.
+        for name in await self._manager.pending_to_resume():
+            self._beside(name, functools.partial(self._manager.resume, name))
         return rotated
+
+    def _beside(
+        self, name: str, rotation: Callable[[], Awaitable[VersionMeta | None]]
+    ) -> None:
+        """Run a rotation that waits on a target as its own task, once at a time."""
+        running = self._on_target.get(name)
+        if running is not None and not running.done():
+            return
+
+        async def run() -> VersionMeta | None:
+            try:
+                return await rotation()
+            except (TargetRefused, RotationInProgress) as error:
+                # Logged where it happened, with the next attempt's time.
+                logger.debug("rotation of %s: %s", name, error)
+            except StoreUnavailable as error:
+                logger.warning("rotation of %s paused: %s", name, error)
+            except Exception:
+                logger.exception("rotation of %s failed", name)
+            return None
+
+        self._on_target[name] = asyncio.create_task(
+            run(), name=f"secretsvc-rotate-{name}"
+        )

@@ -52,6 +52,8 @@ class SecretsServer:
             environ=os.environ if environ is None else environ,
             clock=clock,
             reseal_batch=settings.reseal_batch,
+            rotation_lease=settings.rotation_lease,
+            pause_after=settings.test_pause_after,
         )
         self.scheduler = RotationScheduler(
             self.manager, period=settings.rotation_interval, clock=clock

@@ -45,6 +45,7 @@ _REASONS = {
     Reason.WRITTEN: pb.ROTATION_REASON_WRITTEN,
     Reason.ROLLBACK: pb.ROTATION_REASON_ROLLBACK,
     Reason.ROTATION_DUE: pb.ROTATION_REASON_ROTATION_DUE,
+    Reason.ROTATION_FAILED: pb.ROTATION_REASON_ROTATION_FAILED,
 }
 
 
@@ -283,6 +284,10 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
                 written=s.written,
                 overdue=s.overdue,
                 consumers_by_version=dict(s.consumers),
+                rotator=s.rotator,
+                rotation_pending=s.rotation_pending,
+                rotation_failed=s.failure is not None,
+                rotation_failure=s.failure or "",
             )
             for s in summaries
         ]

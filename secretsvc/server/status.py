@@ -21,6 +21,8 @@ STATUS_CODES: dict[type[errors.SecretsError], grpc.StatusCode] = {
     errors.VersionExpired: grpc.StatusCode.FAILED_PRECONDITION,
     errors.VersionNotKept: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RootKeyChanged: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RotationInProgress: grpc.StatusCode.ABORTED,
+    errors.TargetRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

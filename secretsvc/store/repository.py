@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from secretsvc.model import (
     AuditRecord,
     MasterUser,
     NewVersion,
+    PendingVersion,
     Reason,
     ResealCandidate,
     RotationEventRecord,
@@ -655,6 +657,113 @@ class StoreTransaction:
             counts.setdefault(name, {})[version] = count
         return counts
 
+    # -- pending versions -----------------------------------------------------
+
+    async def pending(self, name: str) -> PendingVersion | None:
+        """Return a secret's pending (or last given-up) rotation, locking its row."""
+        p = t.pending_versions
+        query = sa.select(p).where(p.c.secret_name == name).with_for_update()
+        row = (await self._conn.execute(query)).one_or_none()
+        return _pending(row) if row is not None else None
+
+    async def put_pending(self, pending: PendingVersion) -> None:
+        """Store a new pending version in place of any earlier one."""
+        p = t.pending_versions
+        await self._conn.execute(sa.delete(p).where(p.c.secret_name == pending.name))
+        await self._conn.execute(
+            sa.insert(p).values(
+                secret_name=pending.name,
+                version=pending.version,
+                sealed_value=pending.sealed_value,
+                key_term=pending.key_term,
+                reason=pending.reason.value,
+                step=pending.step,
+                attempts=pending.attempts,
+                next_attempt_at=pending.next_attempt_at,
+                lease_until=pending.lease_until,
+                owner=pending.owner,
+                created_at=pending.created_at,
+                created_by=pending.created_by,
+                failed_at=pending.failed_at,
+                failure=pending.failure,
+            )
+        )
+
+    async def update_pending(self, name: str, owner: str, **values: Any) -> bool:
+        """Update the pending version ``owner`` holds; False if it holds none."""
+        p = t.pending_versions
+        result = await self._conn.execute(
+            sa.update(p)
+            .where(
+                p.c.secret_name == name,
+                p.c.owner == owner,
+                p.c.sealed_value.is_not(None),
+            )
+            .values(**values)
+        )
+        return bool(result.rowcount)
+
+    async def delete_pending(self, name: str) -> None:
+        """Forget a secret's pending version, or the record of its failure."""
+        p = t.pending_versions
+        await self._conn.execute(sa.delete(p).where(p.c.secret_name == name))
+
+    async def claim_pending(
+        self, name: str, owner: str, now: datetime, lease_until: datetime
+    ) -> PendingVersion | None:
+        """Take over a pending version nobody holds any more and whose time came.
+
+        Returns None when there is none, another process holds it, or it
+        waits for a later attempt.
+        """
+        p = t.pending_versions
+        query = (
+            sa.select(p)
+            .where(
+                p.c.secret_name == name,
+                p.c.sealed_value.is_not(None),
+                p.c.lease_until <= now,
+                p.c.next_attempt_at <= now,
+            )
+            .with_for_update(skip_locked=True)
+        )
+        row = (await self._conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        await self._conn.execute(
+            sa.update(p)
+            .where(p.c.secret_name == name)
+            .values(owner=owner, lease_until=lease_until)
+        )
+        return replace(_pending(row), owner=owner, lease_until=lease_until)
+
+    async def pending_to_resume(self, now: datetime) -> list[str]:
+        """Name the pending versions nobody holds whose next attempt is due."""
+        p = t.pending_versions
+        query = (
+            sa.select(p.c.secret_name)
+            .where(
+                p.c.sealed_value.is_not(None),
+                p.c.lease_until <= now,
+                p.c.next_attempt_at <= now,
+            )
+            .order_by(p.c.next_attempt_at)
+        )
+        return list((await self._conn.execute(query)).scalars())
+
+    async def pending_states(self) -> dict[str, PendingVersion]:
+        """Return every pending version and every failure record, by secret."""
+        p = t.pending_versions
+        rows = await self._conn.execute(sa.select(p))
+        return {row.secret_name: _pending(row) for row in rows}
+
+    async def set_next_due(self, name: str, due: datetime | None) -> None:
+        """Move when a secret next falls due."""
+        s = t.application_secrets
+        await self._conn.execute(
+            sa.update(s).where(s.c.name == name).values(next_rotation_due=due)
+        )
+
     # -- tokens ---------------------------------------------------------------
 
     async def tokens(self) -> list[TokenRecord]:
@@ -762,3 +871,22 @@ class StoreTransaction:
             )
             for row in await self._conn.execute(select)
         ]
+
+
+def _pending(row: Any) -> PendingVersion:
+    return PendingVersion(
+        name=row.secret_name,
+        version=row.version,
+        sealed_value=row.sealed_value,
+        key_term=row.key_term,
+        reason=Reason(row.reason),
+        step=row.step,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        lease_until=row.lease_until,
+        owner=row.owner,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        failed_at=row.failed_at,
+        failure=row.failure,
+    )

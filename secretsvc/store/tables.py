@@ -154,3 +154,27 @@ consumer_versions = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("reported_at", UTCDateTime, nullable=False, index=True),
 )
+
+# A rotation in progress: its pending version, sealed before anything touches
+# the target, and how far it got. A row whose sealed_value is gone and whose
+# failed_at is set records the last rotation given up. One per secret.
+pending_versions = sa.Table(
+    "pending_versions",
+    metadata,
+    sa.Column("secret_name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("sealed_value", sa.LargeBinary, nullable=True),
+    sa.Column("key_term", sa.Integer, nullable=True),
+    sa.Column("reason", sa.String(16), nullable=False),
+    # created, applied or verified.
+    sa.Column("step", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    # The process driving it holds it until then; after, anyone may resume it.
+    sa.Column("lease_until", UTCDateTime, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+    sa.Column("failed_at", UTCDateTime, nullable=True),
+    sa.Column("failure", sa.String(512), nullable=True),
+)

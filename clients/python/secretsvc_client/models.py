@@ -201,6 +201,13 @@ class SecretInfo:
     overdue: bool = False
     # How many consumers lately reported using each version.
     consumers: dict[int, int] = field(default_factory=dict)
+    # What makes new values: random, manual, postgres or keyring.
+    rotator: str = ""
+    # A rotation is under way.
+    rotation_pending: bool = False
+    # The last rotation was given up, and why; the current version stands.
+    rotation_failed: bool = False
+    rotation_failure: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.SecretInfo) -> SecretInfo:
@@ -215,4 +222,8 @@ class SecretInfo:
             written=message.written,
             overdue=message.overdue,
             consumers=dict(message.consumers_by_version),
+            rotator=message.rotator,
+            rotation_pending=message.rotation_pending,
+            rotation_failed=message.rotation_failed,
+            rotation_failure=message.rotation_failure,
         )

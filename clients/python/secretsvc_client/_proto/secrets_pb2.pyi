@@ -27,6 +27,7 @@ class RotationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROTATION_REASON_WRITTEN: _ClassVar[RotationReason]
     ROTATION_REASON_ROLLBACK: _ClassVar[RotationReason]
     ROTATION_REASON_ROTATION_DUE: _ClassVar[RotationReason]
+    ROTATION_REASON_ROTATION_FAILED: _ClassVar[RotationReason]
 STAGE_UNSPECIFIED: Stage
 STAGE_CURRENT: Stage
 STAGE_PREVIOUS: Stage
@@ -39,6 +40,7 @@ ROTATION_REASON_MANUAL: RotationReason
 ROTATION_REASON_WRITTEN: RotationReason
 ROTATION_REASON_ROLLBACK: RotationReason
 ROTATION_REASON_ROTATION_DUE: RotationReason
+ROTATION_REASON_ROTATION_FAILED: RotationReason
 
 class InitializeSecretsRequest(_message.Message):
     __slots__ = ("user_id",)
@@ -159,7 +161,7 @@ class ListSecretsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SecretInfo(_message.Message):
-    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported", "written", "overdue", "consumers_by_version")
+    __slots__ = ("name", "current_version", "rotation_interval_days", "last_rotated_at", "next_rotation_due", "imported", "written", "overdue", "consumers_by_version", "rotator", "rotation_pending", "rotation_failed", "rotation_failure")
     class ConsumersByVersionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +178,10 @@ class SecretInfo(_message.Message):
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     OVERDUE_FIELD_NUMBER: _ClassVar[int]
     CONSUMERS_BY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATOR_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PENDING_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FAILURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     rotation_interval_days: int
@@ -185,7 +191,11 @@ class SecretInfo(_message.Message):
     written: bool
     overdue: bool
     consumers_by_version: _containers.ScalarMap[int, int]
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., written: _Optional[bool] = ..., overdue: _Optional[bool] = ..., consumers_by_version: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    rotator: str
+    rotation_pending: bool
+    rotation_failed: bool
+    rotation_failure: str
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., rotation_interval_days: _Optional[int] = ..., last_rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_rotation_due: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., written: _Optional[bool] = ..., overdue: _Optional[bool] = ..., consumers_by_version: _Optional[_Mapping[int, int]] = ..., rotator: _Optional[str] = ..., rotation_pending: _Optional[bool] = ..., rotation_failed: _Optional[bool] = ..., rotation_failure: _Optional[str] = ...) -> None: ...
 
 class ListSecretsResponse(_message.Message):
     __slots__ = ("secrets",)
