@@ -95,6 +95,12 @@ class StoreUnavailable(SecretsError):
     outcome = "unavailable"
 
 
+class NotInitialized(SecretsError):
+    """Nothing can be sealed before InitializeSecrets has made the keyring."""
+
+    outcome = "refused"
+
+
 class RotationInProgress(SecretsError):
     """Another rotation of the secret is under way."""
 

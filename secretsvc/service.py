@@ -42,6 +42,7 @@ from secretsvc.catalog import (
 )
 from secretsvc.errors import (
     InvalidRequest,
+    NotInitialized,
     NotRotatable,
     ReadForbidden,
     RootKeyChanged,
@@ -247,6 +248,9 @@ class SecretManager:
         }
         self._lease = timedelta(seconds=rotation_lease)
         self._pause_after = pause_after
+        # The test hook: set when a rotation pauses; a set release lets it go on.
+        self.paused = asyncio.Event()
+        self.release = asyncio.Event()
         # Names this process as the holder of the pending versions it drives.
         self._owner = secrets.token_hex(8)
 
@@ -660,6 +664,7 @@ class SecretManager:
         except RotationInProgress:
             made = None
         except TargetRefused as error:
+            self.audit.record(actor, "create", error.outcome, name, detail=str(error))
             outcome.skipped.append((name, f"{error}; the rotation loop tries again"))
             return
         if made is None:
@@ -1086,6 +1091,12 @@ class SecretManager:
                     version=old,
                 )
             ring = await self._fresh_keyring(tx)
+            if ring.active_term is None and policy.source is not Source.DATA_KEY:
+                raise NotInitialized(
+                    f"secret '{name}' cannot be stored before InitializeSecrets "
+                    "has run",
+                    name=name,
+                )
             version = max(record.versions) + 1 if record else 1
             if policy.source is Source.DATA_KEY:
                 ring, new, stored = await self._new_data_key(
@@ -1161,7 +1172,7 @@ class SecretManager:
         await self._pause("created", policy.name)
         return await self._drive(policy, pending)
 
-    async def resume(self, name: str) -> VersionMeta | None:
+    async def resume(self, name: str, *, caller: Caller) -> VersionMeta | None:
         """Take over a pending version nobody holds, and drive it to the end.
 
         Returns None when there was none to take, or when this attempt failed
@@ -1184,7 +1195,11 @@ class SecretManager:
             pending.version,
             pending.step,
         )
-        with contextlib.suppress(TargetRefused, RotationInProgress):
+        action = _ACTIONS.get(pending.reason, "rotate")
+        with (
+            contextlib.suppress(TargetRefused, RotationInProgress),
+            self._audited(caller.identity, action, name, pending.version),
+        ):
             return await self._drive(policy, pending)
         return None
 
@@ -1218,9 +1233,10 @@ class SecretManager:
                 earlier = await tx.pending(name)
                 if reason is Reason.INITIAL and (record is not None or earlier):
                     return None
+                if only_if_due and _in_progress(earlier):
+                    # Its attempts and their backoff belong to the resume path.
+                    return None
                 if _in_progress(earlier) and earlier and earlier.lease_until > now:
-                    if only_if_due:
-                        return None
                     raise RotationInProgress(
                         f"a rotation of secret '{name}' is under way", name=name
                     )
@@ -1347,11 +1363,14 @@ class SecretManager:
                 error,
                 delay,
             )
-            return TargetRefused(
+            retrying = TargetRefused(
                 f"secret '{name}': {error} (attempt {attempts} of "
                 f"{policy.max_attempts}; tried again in {delay:g}s)",
                 name=name,
+                version=pending.version,
             )
+            retrying.outcome = "retrying"
+            return retrying
 
         failure = str(error)[:500]
         async with self._store.write() as tx:
@@ -1373,18 +1392,6 @@ class SecretManager:
                 await tx.append_event(
                     name, current, current, Reason.ROTATION_FAILED, now
                 )
-                await tx.append_audit(
-                    [
-                        self.audit.make(
-                            pending.created_by,
-                            _ACTIONS.get(pending.reason, "rotate"),
-                            "failed",
-                            name,
-                            pending.version,
-                            failure,
-                        )
-                    ]
-                )
         if held:
             logger.error(
                 "rotation of %s given up after %d attempts: %s; version %d stays "
@@ -1400,6 +1407,7 @@ class SecretManager:
         return TargetRefused(
             f"secret '{name}': {error} (given up after {attempts} attempts)",
             name=name,
+            version=pending.version,
         )
 
     async def _finish(
@@ -1485,10 +1493,17 @@ class SecretManager:
             )
 
     async def _pause(self, step: str, name: str) -> None:
-        """Stop here for good if the test hook says so, for a test to kill us."""
+        """Wait here if the test hook says so, for a test to act or kill us."""
         if self._pause_after == step:
             logger.warning("test hook: rotation of %s paused after step %s", name, step)
-            await asyncio.Event().wait()
+            self.paused.set()
+            await self.release.wait()
+
+    def pause_rotations_after(self, step: str | None) -> None:
+        """Set the test hook: rotations on a target wait after ``step``."""
+        self._pause_after = step
+        self.paused.clear()
+        self.release.clear()
 
     async def _value_for_rotator(self, name: str) -> str:
         """Open the current value of a secret a rotator needs, such as an admin URL."""

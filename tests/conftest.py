@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from tests.helpers import (
     running_server,
     sqlite_url,
 )
+from tests.pgcluster import ClusterUnavailable, PasswordCluster, password_cluster
 
 
 @pytest.fixture
@@ -35,6 +38,24 @@ async def db_url(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator
         yield url
     finally:
         await postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PasswordCluster]:
+    """Start a throwaway PostgreSQL that checks passwords, for the session.
+
+    The server at 127.0.0.1:5432 trusts every local login, so it cannot show
+    that an old password stops working; this one, from the same binaries, can.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(password_cluster())
+        except ClusterUnavailable as error:
+            reason = f"no throwaway PostgreSQL cluster: {error}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        yield cluster
 
 
 @pytest.fixture

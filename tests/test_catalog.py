@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from secretsvc.catalog import DEFAULT_CATALOG, Alphabet, Source, load_catalog
+from secretsvc.catalog import (
+    DEFAULT_CATALOG,
+    Alphabet,
+    RotatorKind,
+    Source,
+    load_catalog,
+)
 from secretsvc.errors import StartupError
 from tests.helpers import FakeClock, ServerProcess, running_server, sqlite_url
+
+PG = "[secrets.DATABASE_URL]\nrotator = 'postgres'\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -73,6 +81,28 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         ("[secrets.PASSWORD_MASTER_KEY]\nservable = true\n", "data key"),
         ("[secrets.K]\nimport_from = 'X'\n", "only for imported"),
         ("[secrets.K\n", "not valid TOML"),
+        (
+            "[secrets.DATABASE_URL]\nrotator = 'postgres'\n",
+            "needs a [secrets.DATABASE_URL.postgres] table",
+        ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['a']\n",
+            "exactly one of admin_url and admin_url_secret",
+        ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\n"
+            "roles = ['a', 'b', 'c']\nadmin_url = 'postgresql://x@h/d'\n",
+            "roles",
+        ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\n"
+            "roles = ['a']\nadmin_url_secret = 'ADMIN'\n",
+            "host and database are needed",
+        ),
+        (
+            "[secrets.K]\nsource = 'written'\nrotator = 'random'\n",
+            "random rotator is for generated",
+        ),
     ],
     ids=[
         "bad-name",
@@ -83,6 +113,11 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         "data-key",
         "import-from-generated",
         "broken-toml",
+        "postgres-without-target",
+        "postgres-without-admin",
+        "postgres-three-roles",
+        "postgres-without-host",
+        "random-for-written",
     ],
 )
 def test_bad_catalog_names_file_entry_and_problem(
@@ -135,3 +170,27 @@ def test_server_with_bad_catalog_exits_with_one_line(tmp_path: Path) -> None:
     lines = server.output().strip().splitlines()
     assert len(lines) == 1
     assert f"catalog {catalog}: secrets.K.min_length" in lines[0]
+
+
+def test_postgres_target_defaults_to_the_admin_url_and_hides_it(
+    tmp_path: Path,
+) -> None:
+    """Host, port and database come from the admin URL, which is never shown."""
+    admin = "postgresql://admin:admin-secret-pw@db.internal:6543/app"
+    path = write(
+        tmp_path,
+        "[secrets.DATABASE_URL]\nrotator = 'postgres'\n"
+        f"[secrets.DATABASE_URL.postgres]\nadmin_url = '{admin}'\n"
+        "roles = ['app_a', 'app_b']\n",
+    )
+
+    policy = {p.name: p for p in load_catalog(path)}["DATABASE_URL"]
+
+    target = policy.target
+    assert target is not None
+    assert (target.host, target.port, target.database) == ("db.internal", 6543, "app")
+    assert (policy.source, policy.rotator_kind) == (
+        Source.GENERATED,
+        RotatorKind.POSTGRES,
+    )
+    assert "admin-secret-pw" not in repr(policy)

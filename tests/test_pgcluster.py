@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-
 import asyncpg
 import pytest
 
-from tests.pgcluster import ClusterUnavailable, PasswordCluster, password_cluster
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PasswordCluster]:
-    """Start one password-only cluster for the module's tests."""
-    with contextlib.ExitStack() as stack:
-        try:
-            cluster = stack.enter_context(password_cluster())
-        except ClusterUnavailable as error:
-            reason = f"no throwaway PostgreSQL cluster: {error}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(reason)
-            pytest.skip(reason)
-        yield cluster
+from tests.pgcluster import PasswordCluster
 
 
 async def test_admin_url_logs_in_as_the_admin(pg_cluster: PasswordCluster) -> None:

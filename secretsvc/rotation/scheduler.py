@@ -94,6 +94,12 @@ class RotationScheduler:
         """
         now = self._clock()
         rotated = []
+        # First the rotations a crash, a restart or a refusing target left
+        # pending: a due secret that has one is not begun again.
+        for name in await self._manager.pending_to_resume():
+            self._beside(
+                name, functools.partial(self._manager.resume, name, caller=SCHEDULER)
+            )
         for name in await self._manager.due(now):
             if self._stop.is_set():
                 break
@@ -122,9 +128,6 @@ class RotationScheduler:
             if meta is not None:
                 rotated.append(name)
 
-        # Rotations a crash, a restart or a refusing target left pending.
-        for name in await self._manager.pending_to_resume():
-            self._beside(name, functools.partial(self._manager.resume, name))
         return rotated
 
     def _beside(

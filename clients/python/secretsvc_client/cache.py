@@ -125,6 +125,17 @@ class SecretCache:
         """Note that the server answers again."""
         self._unreachable_since = None
 
+    async def refresh(self, name: str) -> Secret:
+        """Read the current version from the server; hold it if it is newer."""
+        fresh = await self._fetch(name, "CURRENT")
+        held = self._current.get(name)
+        if held is None or fresh.version > held.version:
+            self._current[name] = fresh
+            self._previous[name] = await self._fetch_previous(name)
+            if name in self._exported:
+                os.environ[name] = fresh.value
+        return fresh
+
     async def apply(self, event: RotationEvent) -> None:
         """Refresh what an event changed; keep the held values on failure."""
         held = self._current.get(event.name)

@@ -7,12 +7,12 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -78,6 +78,9 @@ DEFAULT_TIMEOUT = 10.0
 _STAGE_VALUES = {"CURRENT": pb.STAGE_CURRENT, "PREVIOUS": pb.STAGE_PREVIOUS}
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 5.0
+# How often with_fresh_secret asks for a newer version while it waits.
+FRESH_POLL_SECONDS = 0.1
+T = TypeVar("T")
 
 # A watch stream that fails with one of these is opened again from the last
 # event seen; any other status is the caller's to handle.
@@ -205,6 +208,46 @@ class SecretsClient:
             self._follow_rotations()
             return await self._cache.current(name)
         return await self._fetch(name, stage, version)
+
+    async def refresh(self, name: str) -> Secret:
+        """Read a secret's current version from the server, past the cache."""
+        if self._cache is not None:
+            self._follow_rotations()
+            return await self._cache.refresh(name)
+        return await self._fetch(name, "CURRENT")
+
+    async def with_fresh_secret(
+        self,
+        name: str,
+        use: Callable[[str], Awaitable[T]],
+        *,
+        retry_on: tuple[type[BaseException], ...],
+        wait: float = 10.0,
+    ) -> T:
+        """Call ``use`` with the secret's value, and again with a fresher one if stale.
+
+        For a credential whose target takes the new value a moment before the
+        service makes it current, such as a database password rotated in place
+        (one login role): when ``use`` raises one of ``retry_on`` (say
+        ``asyncpg.InvalidPasswordError``), the secret is read again from the
+        server until a newer version appears, for up to ``wait`` seconds, and
+        ``use`` is called once more with it. Without a newer version the first
+        error is raised.
+        """
+        secret = await self.get(name)
+        try:
+            return await use(secret.value)
+        except retry_on:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while True:
+                fresh = await self.refresh(name)
+                if fresh.version != secret.version:
+                    break
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(FRESH_POLL_SECONDS)
+        return await use(fresh.value)
 
     async def verifying_set(self, name: str) -> list[Secret]:
         """Return the values a signature may have been made with, newest first.

@@ -1,0 +1,367 @@
+"""DATABASE_URL rotated for real: the role's password changes with the URL.
+
+The target is a throwaway PostgreSQL that checks passwords (the server at
+127.0.0.1:5432 trusts every local login). Each test makes its own login roles
+and logs in with what the service hands out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import pytest
+from secretsvc_client import FailedPreconditionError, SecretsClient
+
+from secretsvc.service import utc_now
+from tests.helpers import (
+    ROOT_KEY,
+    FakeClock,
+    LogCollector,
+    ServerProcess,
+    poll_until,
+    running_server,
+    sqlite_url,
+)
+from tests.pgcluster import PasswordCluster
+
+# Short enough to wait out in a test.
+GRACE_SECONDS = 3.0
+
+
+@dataclass
+class Target:
+    """A database with login roles that only the rotator gives passwords to."""
+
+    cluster: PasswordCluster
+    roles: list[str]
+
+    def catalog(
+        self,
+        directory: Path,
+        *,
+        roles: list[str] | None = None,
+        grace_seconds: float | None = None,
+        admin_url_secret: str | None = None,
+    ) -> Path:
+        """Write a catalog whose DATABASE_URL is rotated on this target."""
+        lines = [
+            "[secrets.DATABASE_URL]",
+            'rotator = "postgres"',
+            "max_attempts = 3",
+            "retry_backoff_seconds = 0.05",
+        ]
+        if grace_seconds is not None:
+            lines.append(f"grace_period_hours = {grace_seconds / 3600!r}")
+        lines.append("[secrets.DATABASE_URL.postgres]")
+        if admin_url_secret is None:
+            lines.append(f"admin_url = {json.dumps(self.cluster.admin_url())}")
+        else:
+            lines.append(f"admin_url_secret = {json.dumps(admin_url_secret)}")
+            lines += [
+                f'host = "{self.cluster.host}"',
+                f"port = {self.cluster.port}",
+                'database = "postgres"',
+                f"[secrets.{admin_url_secret}]",
+                'source = "written"',
+                "min_length = 8",
+                "servable = false",
+            ]
+        lines.insert(
+            lines.index("[secrets.DATABASE_URL.postgres]") + 1,
+            f"roles = {json.dumps(roles or self.roles)}",
+        )
+        path = directory / "catalog.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def hidden(self) -> list[str]:
+        """Return what must never be logged: the administrator's URL, password."""
+        return [self.cluster.admin_url(), self.cluster.admin_password]
+
+
+@pytest.fixture
+async def target(pg_cluster: PasswordCluster) -> AsyncIterator[Target]:
+    """Two login roles of the test's own, with no password yet."""
+    suffix = secrets.token_hex(4)
+    roles = [f"app_a_{suffix}", f"app_b_{suffix}"]
+    admin = await asyncpg.connect(pg_cluster.admin_url())
+    try:
+        for role in roles:
+            await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        yield Target(pg_cluster, roles)
+        for role in roles:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = $1",
+                role,
+            )
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        await admin.close()
+
+
+async def login(url: str) -> str:
+    """Log in with a URL the service handed out; return who the server says."""
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        return str(await connection.fetchval("SELECT current_user"))
+    finally:
+        await connection.close()
+
+
+async def refused(url: str) -> bool:
+    """Tell whether the server refuses the URL's password."""
+    try:
+        await login(url)
+    except asyncpg.InvalidPasswordError:
+        return True
+    return False
+
+
+def assert_hidden(text: str, *secrets_: str) -> None:
+    for secret in secrets_:
+        assert secret not in text, "a password or the admin URL reached a log"
+
+
+def password_of(url: str) -> str:
+    password = urlsplit(url).password
+    assert password
+    return unquote(password)
+
+
+async def test_two_roles_alternate_and_the_previous_url_lasts_its_grace(
+    db_url: str, target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """Each rotation moves to the other role; the previous URL lasts its grace."""
+    catalog = target.catalog(tmp_path, grace_seconds=GRACE_SECONDS)
+    a, b = target.roles
+    async with running_server(db_url, clock=utc_now, catalog=catalog) as server:
+        client = server.client
+        first = await client.initialize("alice")
+        assert "DATABASE_URL" in first.generated
+        v1 = await client.get("DATABASE_URL")
+        assert await login(v1.value) == a
+        # A connection that stays open through every rotation.
+        running = await asyncpg.connect(v1.value)
+
+        await client.rotate("DATABASE_URL")
+        v2 = await client.get("DATABASE_URL")
+        assert (v2.version, await login(v2.value)) == (2, b)
+        assert await login(v1.value) == a
+        previous = await client.get("DATABASE_URL", stage="PREVIOUS")
+        assert previous.value == v1.value
+
+        # Once its grace is over the previous URL no longer logs in.
+        await poll_until(lambda: refused(v1.value), within=GRACE_SECONDS + 10)
+        assert await running.fetchval("SELECT 1") == 1
+        await running.close()
+
+        await client.rotate("DATABASE_URL")
+        v3 = await client.get("DATABASE_URL")
+        assert await login(v3.value) == a
+        assert await login(v2.value) == b
+        assert await refused(v1.value)
+        listed = {s.name: s for s in await client.list()}
+        urls = [v1.value, v2.value, v3.value]
+
+    info = listed["DATABASE_URL"]
+    assert (info.rotator, info.current_version, info.rotation_failed) == (
+        "postgres",
+        3,
+        False,
+    )
+    assert listed["JWT_SECRET"].rotator == "random"
+    assert len({password_of(url) for url in urls}) == 3
+    assert_hidden(logs.text(), *target.hidden(), *map(password_of, urls))
+
+
+async def test_one_role_changes_in_place_and_the_client_reads_again(
+    pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
+) -> None:
+    """With one role the old URL dies at once; with_fresh_secret bridges the gap.
+
+    The role's name needs quoting, and the admin URL is itself a secret.
+    """
+    role = f"app \"quoted\" 'role' {secrets.token_hex(3)}"
+    admin = await asyncpg.connect(pg_cluster.admin_url())
+    await admin.execute(f'CREATE ROLE "{role.replace(chr(34), chr(34) * 2)}" LOGIN')
+    target = Target(pg_cluster, [role])
+    catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
+    db = sqlite_url(tmp_path / "secrets.db")
+    try:
+        async with running_server(
+            db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+        ) as server:
+            first = await server.client.initialize("alice")
+            # No admin URL yet: the first version waits for the rotation loop.
+            assert "DATABASE_URL" in [s.name for s in first.skipped]
+            await server.client.put("DATABASE_ADMIN_URL", pg_cluster.admin_url())
+
+            async def made() -> bool:
+                listed = [s.name for s in await server.client.list()]
+                return "DATABASE_URL" in listed
+
+            await poll_until(made)
+            v1 = await server.client.get("DATABASE_URL")
+            assert await login(v1.value) == role
+
+            # Hold the rotation between applying the password and promoting it.
+            server.server.manager.pause_rotations_after("applied")
+            rotation = asyncio.create_task(server.client.rotate("DATABASE_URL"))
+            await asyncio.wait_for(server.server.manager.paused.wait(), 10)
+            assert await refused(v1.value)
+
+            async with SecretsClient(f"127.0.0.1:{server.server.port}") as app:
+                assert (await app.get("DATABASE_URL")).version == 1
+                connecting = asyncio.create_task(
+                    app.with_fresh_secret(
+                        "DATABASE_URL",
+                        login,
+                        retry_on=(asyncpg.InvalidPasswordError,),
+                    )
+                )
+                await asyncio.sleep(0.5)
+                assert not connecting.done()
+                server.server.manager.release.set()
+                assert await asyncio.wait_for(connecting, 10) == role
+                assert (await app.get("DATABASE_URL")).version == 2
+            assert (await rotation).version == 2
+            v2 = await server.client.get("DATABASE_URL")
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            role,
+        )
+        await admin.execute(f'DROP ROLE "{role.replace(chr(34), chr(34) * 2)}"')
+        await admin.close()
+
+    assert_hidden(logs.text(), *target.hidden(), password_of(v1.value))
+    assert_hidden(logs.text(), password_of(v2.value))
+
+
+async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
+    db_url: str, pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
+) -> None:
+    """A missing role: three attempts, then ROTATION_FAILED; JWT_SECRET rotates."""
+    target = Target(pg_cluster, [f"missing_{secrets.token_hex(4)}"])
+    catalog = target.catalog(tmp_path)
+    clock = FakeClock(datetime.now(UTC))
+    env = {"DATABASE_URL": "postgresql://app:imported-password@db:5432/app"}
+    async with running_server(
+        db_url, clock=clock, environ=env, catalog=catalog, rotation_interval=0.05
+    ) as server:
+        await server.client.initialize("alice")
+        clock.advance(days=181)
+
+        async def given_up() -> bool:
+            clock.advance(seconds=1)
+            listed = {s.name: s for s in await server.client.list()}
+            return listed["DATABASE_URL"].rotation_failed
+
+        await poll_until(given_up)
+        listed = {s.name: s for s in await server.client.list()}
+        events = []
+        async for event in server.client.watch(since_event_id=0):
+            events.append((event.name, event.reason))
+            if event.reason == "ROTATION_FAILED":
+                break
+        audit = await server.client.audit(name="DATABASE_URL", action="rotate")
+
+        with pytest.raises(FailedPreconditionError, match="does not exist") as refusal:
+            await server.client.rotate("DATABASE_URL")
+
+    info = listed["DATABASE_URL"]
+    assert info.current_version == 1
+    assert "does not exist" in info.rotation_failure
+    assert info.next_rotation_due is not None and info.next_rotation_due > clock()
+    assert listed["JWT_SECRET"].current_version == 2
+    assert ("DATABASE_URL", "ROTATION_FAILED") in events
+    outcomes = [e.outcome for e in audit.events]
+    assert (outcomes.count("retrying"), outcomes.count("failed")) == (2, 1)
+    assert "attempt 1 of 3" in str(refusal.value)
+    assert "given up after 3 attempts" in logs.text()
+    assert_hidden(logs.text(), *target.hidden())
+
+
+@pytest.mark.parametrize(
+    ("step", "two_roles"),
+    [("created", True), ("applied", True), ("verified", True), ("applied", False)],
+)
+async def test_a_crash_at_each_step_is_finished_after_restart(
+    step: str, two_roles: bool, target: Target, tmp_path: Path
+) -> None:
+    """Killed after a step, the server finishes the rotation when it comes back."""
+    roles = target.roles if two_roles else target.roles[:1]
+    env = {
+        "PASSWORD_MASTER_KEY": ROOT_KEY,
+        "DATABASE_URL": "",
+        "SECRETSVC_CATALOG": str(target.catalog(tmp_path, roles=roles)),
+        "SECRETSVC_ROTATION_INTERVAL": "0.2",
+        "SECRETSVC_ROTATION_LEASE": "1",
+    }
+    db = sqlite_url(tmp_path / "secrets.db")
+    processes = []
+
+    async def serve(**extra: str) -> tuple[ServerProcess, SecretsClient]:
+        process = ServerProcess(tmp_path, db, **env, **extra).start()
+        processes.append(process)
+        await process.wait_ready()
+        return process, SecretsClient(process.target, cache=False, timeout=10)
+
+    try:
+        first, client = await serve()
+        await client.initialize("alice")
+        v1 = await client.get("DATABASE_URL")
+        await client.close()
+        first.terminate()
+
+        paused, client = await serve(SECRETSVC_TEST_PAUSE_AFTER=step)
+        rotation = asyncio.create_task(client.rotate("DATABASE_URL"))
+        await poll_until(lambda: _said(paused, f"paused after step {step}"), within=15)
+        if two_roles:
+            # The current URL logs in at every step boundary.
+            assert await login(v1.value) == roles[0]
+        paused.kill()
+        rotation.cancel()
+        with contextlib.suppress(BaseException):
+            await rotation
+        await client.close()
+
+        restarted, client = await serve()
+
+        async def finished() -> bool:
+            listed = {s.name: s for s in await client.list()}
+            info = listed["DATABASE_URL"]
+            return info.current_version == 2 and not info.rotation_pending
+
+        await poll_until(finished, within=20)
+        v2 = await client.get("DATABASE_URL")
+        await client.close()
+        restarted.terminate()
+    finally:
+        for process in processes:
+            process.kill()
+
+    assert await login(v2.value) == roles[-1]
+    if two_roles:
+        assert await login(v1.value) == roles[0]
+    else:
+        assert await refused(v1.value)
+    output = "\n".join(process.output() for process in processes)
+    assert "resuming the rotation of DATABASE_URL" in output
+    assert_hidden(
+        output, *target.hidden(), password_of(v1.value), password_of(v2.value)
+    )
+
+
+async def _said(process: ServerProcess, text: str) -> bool:
+    return text in process.output()
