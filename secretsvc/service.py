@@ -1231,15 +1231,26 @@ class SecretManager:
                 if record is None and reason is not Reason.INITIAL:
                     raise SecretNotFound(f"secret '{name}' does not exist", name=name)
                 earlier = await tx.pending(name)
-                if reason is Reason.INITIAL and (record is not None or earlier):
+                if reason is Reason.INITIAL and (
+                    record is not None or _in_progress(earlier)
+                ):
+                    # A first version given up is tried again at the next login.
                     return None
                 if only_if_due and _in_progress(earlier):
                     # Its attempts and their backoff belong to the resume path.
                     return None
-                if _in_progress(earlier) and earlier and earlier.lease_until > now:
-                    raise RotationInProgress(
-                        f"a rotation of secret '{name}' is under way", name=name
-                    )
+                if earlier and _in_progress(earlier):
+                    if earlier.lease_until > now:
+                        raise RotationInProgress(
+                            f"a rotation of secret '{name}' is under way", name=name
+                        )
+                    if earlier.attempts:
+                        raise RotationInProgress(
+                            f"a rotation of secret '{name}' failed "
+                            f"{earlier.attempts} times and is tried again at "
+                            f"{earlier.next_attempt_at.isoformat(timespec='seconds')}",
+                            name=name,
+                        )
                 old = record.current.version if record else 0
                 if expected is not None and expected != old:
                     raise VersionConflict(

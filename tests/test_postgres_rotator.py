@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
-from secretsvc_client import FailedPreconditionError, SecretsClient
+from secretsvc_client import ConflictError, FailedPreconditionError, SecretsClient
 
 from secretsvc.service import utc_now
 from tests.helpers import (
@@ -278,6 +278,9 @@ async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
 
         with pytest.raises(FailedPreconditionError, match="does not exist") as refusal:
             await server.client.rotate("DATABASE_URL")
+        # While it waits for its next attempt, a new rotation is not begun.
+        with pytest.raises(ConflictError, match="failed 1 times"):
+            await server.client.rotate("DATABASE_URL")
 
     info = listed["DATABASE_URL"]
     assert info.current_version == 1
@@ -290,6 +293,42 @@ async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
     assert "attempt 1 of 3" in str(refusal.value)
     assert "given up after 3 attempts" in logs.text()
     assert_hidden(logs.text(), *target.hidden())
+
+
+async def test_a_first_version_given_up_is_made_at_the_next_login(
+    pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
+) -> None:
+    """No role yet at first login: given up; once it exists, a login makes it."""
+    role = f"late_{secrets.token_hex(4)}"
+    target = Target(pg_cluster, [role])
+    clock = FakeClock(datetime.now(UTC))
+    db = sqlite_url(tmp_path / "secrets.db")
+    admin = await asyncpg.connect(pg_cluster.admin_url())
+    try:
+        async with running_server(
+            db, clock=clock, catalog=target.catalog(tmp_path), rotation_interval=0.05
+        ) as server:
+            first = await server.client.initialize("alice")
+
+            async def given_up() -> bool:
+                clock.advance(seconds=1)
+                return "given up after 3 attempts" in logs.text()
+
+            await poll_until(given_up)
+            await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+            again = await server.client.initialize("alice")
+            url = await server.client.get("DATABASE_URL")
+            assert await login(url.value) == role
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            role,
+        )
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+    assert "DATABASE_URL" in [s.name for s in first.skipped]
+    assert "DATABASE_URL" in again.generated
 
 
 @pytest.mark.parametrize(

@@ -211,8 +211,9 @@ class PostgresRotator(Rotator):
                 dsn=_without_driver(admin_url), timeout=t.connect_timeout_seconds
             )
         except Exception as error:
-            raise self._refused(
-                "connecting as the administrator", error, *hidden
+            raise TargetRefused(
+                f"connecting as the administrator{_where(admin_url)} failed: "
+                f"{describe(error, hidden)}"
             ) from None
         try:
             await connection.execute(statement, timeout=t.connect_timeout_seconds)
@@ -291,6 +292,16 @@ def _url_secrets(url: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     return (password, unquote(password)) if password else ()
+
+
+def _where(url: str) -> str:
+    """Say which server a URL points at, " at host:port", or nothing."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    return f" at {host}:{port or 5432}" if host else ""
 
 
 def _without_driver(url: str) -> str:
