@@ -51,8 +51,11 @@ class Settings(BaseSettings):
     # process (or this one, restarted) may take it over.
     rotation_lease: float = Field(default=60.0, gt=0, le=3600)
     # A test hook: pause every rotation that touches a target after this step
-    # (created, applied or verified), so a test can kill the process there.
-    test_pause_after: Literal["created", "applied", "verified"] | None = None
+    # (created, applied, verified or promoted), so a test can kill the
+    # process there.
+    test_pause_after: Literal["created", "applied", "verified", "promoted"] | None = (
+        None
+    )
     # host:port of the Prometheus metrics endpoint; none by default.
     metrics_listen: str | None = None
 

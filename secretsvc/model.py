@@ -172,7 +172,8 @@ class PendingVersion:
     sealed_value: bytes | None
     key_term: int | None
     reason: Reason
-    # created, applied or verified: the last step done.
+    # created, applied or verified: the last step done; retiring once
+    # promoted, while the previous value is still to expire on the target.
     step: str
     attempts: int
     next_attempt_at: datetime

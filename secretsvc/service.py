@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterator,
     Callable,
     Coroutine,
     Iterable,
@@ -102,6 +103,8 @@ RESEAL_BATCH = 100
 RESEAL_RETRY_SECONDS = 0.5
 # A rotation given up is tried again, with a new value, this long after.
 FAILED_ROTATION_RETRY = timedelta(days=1)
+# The step of a promoted rotation whose previous value is still to expire.
+RETIRING = "retiring"
 # Who reads the secret that holds a target's administrator URL.
 ROTATOR_ACTOR = "system:rotator"
 DEFAULT_AUDIT_PAGE = 100
@@ -1072,7 +1075,6 @@ class SecretManager:
         """Write a new current version: generated, given, or rolled back to."""
         name = policy.name
         now = self._clock()
-        action = _ACTIONS.get(reason, "rotate")
 
         async with self._store.write() as tx:
             if only_if_due:
@@ -1083,13 +1085,7 @@ class SecretManager:
                 record = await tx.lock_secret(name)
             if record is None and reason is not Reason.WRITTEN:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
-            old = record.current.version if record else 0
-            if expected is not None and expected != old:
-                raise VersionConflict(
-                    f"secret '{name}' is at version {old}, not {expected}",
-                    name=name,
-                    version=old,
-                )
+            _check_expected(record, name, expected)
             ring = await self._fresh_keyring(tx)
             if ring.active_term is None and policy.source is not Source.DATA_KEY:
                 raise NotInitialized(
@@ -1110,34 +1106,52 @@ class SecretManager:
                     value = self._rotators[name].produce(policy, None).encode()
                 stored = ring.seal(name, version, value)
                 new = _new_version(policy, version, stored, reason, now, actor)
-            if record is None:
-                await tx.create_secret(
-                    new,
-                    encrypted_value=stored,
-                    min_length=policy.min_length,
-                    interval_days=policy.rotation_interval_days,
-                )
-            else:
-                await tx.promote(new, encrypted_value=stored)
-            await tx.append_event(name, old, version, reason, now)
-            await tx.append_audit(
-                [self.audit.make(actor, action, "ok", name, version, reason.value)]
-            )
-            if policy.source is not Source.DATA_KEY:
-                await tx.destroy_values_before(
-                    name, version - policy.retain_versions + 1
-                )
+            await self._make_current(tx, policy, record, new, stored)
 
         self._keyring = ring
-        await self._reload([name])
-        logger.info("%s: %s is now version %d", reason.value.lower(), name, version)
+        return await self._made_current(new)
+
+    async def _make_current(
+        self,
+        tx: StoreTransaction,
+        policy: SecretPolicy,
+        record: SecretRecord | None,
+        new: NewVersion,
+        stored: bytes,
+    ) -> None:
+        """Write ``new`` as current, with its event and audit record."""
+        name, version, reason = policy.name, new.version, new.reason
+        if record is None:
+            await tx.create_secret(
+                new,
+                encrypted_value=stored,
+                min_length=policy.min_length,
+                interval_days=policy.rotation_interval_days,
+            )
+        else:
+            await tx.promote(new, encrypted_value=stored)
+        old = record.current.version if record else 0
+        await tx.append_event(name, old, version, reason, new.created_at)
+        action = _ACTIONS.get(reason, "rotate")
+        await tx.append_audit(
+            [self.audit.make(new.created_by, action, "ok", name, version, reason.value)]
+        )
+        if policy.source is not Source.DATA_KEY:
+            await tx.destroy_values_before(name, version - policy.retain_versions + 1)
+
+    async def _made_current(self, new: NewVersion) -> VersionMeta:
+        """Bring memory up to a committed new version and tell the watchers."""
+        await self._reload([new.name])
+        logger.info(
+            "%s: %s is now version %d", new.reason.value.lower(), new.name, new.version
+        )
         self._log_changed.publish()
         return VersionMeta(
-            name=name,
-            version=version,
+            name=new.name,
+            version=new.version,
             stage=Stage.CURRENT,
-            created_at=now,
-            reason=reason,
+            created_at=new.created_at,
+            reason=new.reason,
             next_rotation_due=new.next_rotation_due,
         )
 
@@ -1195,6 +1209,9 @@ class SecretManager:
             pending.version,
             pending.step,
         )
+        if pending.step == RETIRING:
+            await self._retire(policy, pending)
+            return None
         action = _ACTIONS.get(pending.reason, "rotate")
         with (
             contextlib.suppress(TargetRefused, RotationInProgress),
@@ -1251,13 +1268,7 @@ class SecretManager:
                             f"{earlier.next_attempt_at.isoformat(timespec='seconds')}",
                             name=name,
                         )
-                old = record.current.version if record else 0
-                if expected is not None and expected != old:
-                    raise VersionConflict(
-                        f"secret '{name}' is at version {old}, not {expected}",
-                        name=name,
-                        version=old,
-                    )
+                old = _check_expected(record, name, expected)
                 ring = await self._fresh_keyring(tx)
                 current: str | None = None
                 if record is not None and record.current.sealed_value is not None:
@@ -1316,32 +1327,61 @@ class SecretManager:
         assert pending.sealed_value is not None
         value = (await self._open(name, pending.version, pending.sealed_value)).decode()
         try:
-            # After a crash the target may have it already.
-            done = False
-            if pending.step != "created":
-                with contextlib.suppress(TargetRefused):
-                    await rotator.verify(value)
-                    done = True
-            if not done:
-                await rotator.apply(value)
-                await _to_the_end(self._mark(pending, "applied"))
-                await self._pause("applied", name)
-                await rotator.verify(value)
-            await _to_the_end(self._mark(pending, "verified"))
-            await self._pause("verified", name)
+            async with self._holding(pending):
+                await self._apply_and_verify(rotator, pending, value)
         except TargetRefused as error:
             raise await _to_the_end(
                 self._attempt_failed(policy, pending, error)
             ) from None
-        return await _to_the_end(self._finish(policy, pending, value))
+        return await _to_the_end(self._finish(policy, pending))
 
-    async def _mark(self, pending: PendingVersion, step: str) -> None:
-        """Record that a step is done, and renew this process's hold."""
+    async def _apply_and_verify(
+        self, rotator: Rotator, pending: PendingVersion, value: str
+    ) -> None:
+        name = pending.name
+        # After a crash the target may have it already.
+        done = False
+        if pending.step != "created":
+            with contextlib.suppress(TargetRefused):
+                await rotator.verify(value)
+                done = True
+        if not done:
+            await rotator.apply(value)
+            await _to_the_end(self._mark(pending, "applied"))
+            await self._pause("applied", name)
+            await rotator.verify(value)
+        await _to_the_end(self._mark(pending, "verified"))
+        await self._pause("verified", name)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, pending: PendingVersion) -> AsyncIterator[None]:
+        """Renew this process's hold on a pending version while its steps run."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lease.total_seconds() / 3)
+                try:
+                    await _to_the_end(self._mark(pending, None))
+                except (StoreUnavailable, RotationInProgress) as error:
+                    logger.warning(
+                        "cannot renew the rotation of %s: %s", pending.name, error
+                    )
+
+        renewing = asyncio.create_task(renew(), name=f"secretsvc-hold-{pending.name}")
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _mark(self, pending: PendingVersion, step: str | None) -> None:
+        """Record that a step is done (if given), and renew this process's hold."""
         now = self._clock()
+        values: dict[str, Any] = {"lease_until": now + self._lease}
+        if step is not None:
+            values["step"] = step
         async with self._store.write() as tx:
-            held = await tx.update_pending(
-                pending.name, self._owner, step=step, lease_until=now + self._lease
-            )
+            held = await tx.update_pending(pending.name, self._owner, **values)
         if not held:
             raise RotationInProgress(
                 f"the rotation of secret '{pending.name}' was taken over",
@@ -1422,86 +1462,110 @@ class SecretManager:
         )
 
     async def _finish(
-        self, policy: SecretPolicy, pending: PendingVersion, value: str
+        self, policy: SecretPolicy, pending: PendingVersion
     ) -> VersionMeta:
-        """Step four: promote with the event and audit record, in one transaction."""
+        """Step four: promote with the event and audit record, in one transaction.
+
+        The pending row stays, as a note that the previous value is still to
+        expire on the target, until :meth:`_retire` has done it.
+        """
         name = policy.name
         now = self._clock()
-        version = pending.version
-        reason = pending.reason
-        previous: bytes | None = None
         async with self._store.write() as tx:
             record = await tx.lock_secret(name)
             mine = await tx.pending(name)
             if (
                 mine is None
                 or mine.owner != self._owner
-                or mine.version != version
+                or mine.version != pending.version
                 or mine.sealed_value is None
             ):
                 raise RotationInProgress(
                     f"the rotation of secret '{name}' was taken over", name=name
                 )
-            old = record.current.version if record else 0
             new = _new_version(
-                policy, version, mine.sealed_value, reason, now, pending.created_by
+                policy,
+                pending.version,
+                mine.sealed_value,
+                pending.reason,
+                now,
+                pending.created_by,
             )
+            await self._make_current(tx, policy, record, new, mine.sealed_value)
             if record is None:
-                await tx.create_secret(
-                    new,
-                    encrypted_value=mine.sealed_value,
-                    min_length=policy.min_length,
-                    interval_days=policy.rotation_interval_days,
-                )
+                await tx.delete_pending(name)
             else:
-                previous = record.current.sealed_value
-                await tx.promote(new, encrypted_value=mine.sealed_value)
-            await tx.append_event(name, old, version, reason, now)
-            action = _ACTIONS.get(reason, "rotate")
-            await tx.append_audit(
-                [
-                    self.audit.make(
-                        pending.created_by, action, "ok", name, version, reason.value
-                    )
-                ]
-            )
-            await tx.destroy_values_before(name, version - policy.retain_versions + 1)
-            await tx.delete_pending(name)
+                await tx.update_pending(
+                    name,
+                    self._owner,
+                    step=RETIRING,
+                    sealed_value=None,
+                    key_term=None,
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_until=now + self._lease,
+                )
 
+        meta = await self._made_current(new)
+        await self._pause("promoted", name)
+        if record is not None:
+            await self._retire(policy, replace(pending, step=RETIRING, attempts=0))
+        return meta
+
+    async def _retire(self, policy: SecretPolicy, pending: PendingVersion) -> None:
+        """Let the previous value stop working on the target when its grace ends.
+
+        Tried again like the other steps; given up with a warning, since the
+        current version works either way.
+        """
+        name = policy.name
         await self._reload([name])
-        logger.info("%s: %s is now version %d", reason.value.lower(), name, version)
-        self._log_changed.publish()
-        if previous is not None:
-            await self._retire(policy, old, previous, value, now)
-        return VersionMeta(
-            name=name,
-            version=version,
-            stage=Stage.CURRENT,
-            created_at=now,
-            reason=reason,
-            next_rotation_due=new.next_rotation_due,
-        )
-
-    async def _retire(
-        self,
-        policy: SecretPolicy,
-        old: int,
-        sealed: bytes,
-        current: str,
-        promoted_at: datetime,
-    ) -> None:
-        """Let the previous value stop working on the target when its grace ends."""
-        until = promoted_at + timedelta(hours=policy.grace_period_hours)
+        record = self._secrets.get(name)
         try:
-            previous = (await self._open(policy.name, old, sealed)).decode()
-            await self._rotators[policy.name].retire(previous, current, until)
+            if record is not None:
+                await self._retire_previous(record)
         except (TargetRefused, SecretCorrupted) as error:
+            now = self._clock()
+            attempts = pending.attempts + 1
+            if attempts < policy.max_attempts:
+                delay = policy.retry_backoff_seconds * 2 ** (attempts - 1)
+                async with self._store.write() as tx:
+                    await tx.update_pending(
+                        name,
+                        self._owner,
+                        attempts=attempts,
+                        next_attempt_at=now + timedelta(seconds=delay),
+                        lease_until=now,
+                    )
+                logger.warning(
+                    "expiring the previous version of %s on its target failed: %s; "
+                    "trying again in %gs",
+                    name,
+                    error,
+                    delay,
+                )
+                return
             logger.warning(
                 "the previous version of %s may keep working on its target past "
                 "its grace period: %s",
-                policy.name,
+                name,
                 error,
             )
+        async with self._store.write() as tx:
+            await tx.delete_pending(name, owner=self._owner, step=RETIRING)
+
+    async def _retire_previous(self, record: SecretRecord) -> None:
+        name = record.name
+        previous = [v for v in record.versions.values() if v.stage is Stage.PREVIOUS]
+        current = record.current
+        if not previous or previous[0].sealed_value is None:
+            return
+        until = self._expiry(record, previous[0])
+        if until is None or current.sealed_value is None:
+            return
+        old = await self._open(name, previous[0].version, previous[0].sealed_value)
+        new = await self._open(name, current.version, current.sealed_value)
+        await self._rotators[name].retire(old.decode(), new.decode(), until)
 
     async def _pause(self, step: str, name: str) -> None:
         """Wait here if the test hook says so, for a test to act or kill us."""
@@ -1681,6 +1745,20 @@ def _select(record: SecretRecord, version: int, stage: Stage | None) -> VersionR
     if stage not in (None, Stage.CURRENT):
         raise InvalidRequest("stage must be CURRENT or PREVIOUS")
     return record.current
+
+
+def _check_expected(
+    record: SecretRecord | None, name: str, expected: int | None
+) -> int:
+    """Return the current version number, if it is the one the caller expects."""
+    old = record.current.version if record else 0
+    if expected is not None and expected != old:
+        raise VersionConflict(
+            f"secret '{name}' is at version {old}, not {expected}",
+            name=name,
+            version=old,
+        )
+    return old
 
 
 def _in_progress(pending: PendingVersion | None) -> bool:

@@ -99,14 +99,23 @@ async def target(pg_cluster: PasswordCluster) -> AsyncIterator[Target]:
             await admin.execute(f'CREATE ROLE "{role}" LOGIN')
         yield Target(pg_cluster, roles)
         for role in roles:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE usename = $1",
-                role,
-            )
-            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            await drop_role(admin, role)
     finally:
         await admin.close()
+
+
+def quoted(role: str) -> str:
+    """Quote a role name for the tests' own SQL."""
+    return '"' + role.replace('"', '""') + '"'
+
+
+async def drop_role(admin: asyncpg.Connection, role: str) -> None:
+    """End a test role's sessions and drop it."""
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        role,
+    )
+    await admin.execute(f"DROP ROLE IF EXISTS {quoted(role)}")
 
 
 async def login(url: str) -> str:
@@ -193,13 +202,13 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
     """
     role = f"app \"quoted\" 'role' {secrets.token_hex(3)}"
     admin = await asyncpg.connect(pg_cluster.admin_url())
-    await admin.execute(f'CREATE ROLE "{role.replace(chr(34), chr(34) * 2)}" LOGIN')
+    await admin.execute(f"CREATE ROLE {quoted(role)} LOGIN")
     target = Target(pg_cluster, [role])
     catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
     db = sqlite_url(tmp_path / "secrets.db")
     try:
         async with running_server(
-            db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+            db, clock=utc_now, catalog=catalog, rotation_interval=0.05, rotation_lease=1
         ) as server:
             first = await server.client.initialize("alice")
             # No admin URL yet: the first version waits for the rotation loop.
@@ -229,7 +238,8 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
                         retry_on=(asyncpg.InvalidPasswordError,),
                     )
                 )
-                await asyncio.sleep(0.5)
+                # Longer than the lease: the paused rotation is still held.
+                await asyncio.sleep(1.5)
                 assert not connecting.done()
                 server.server.manager.release.set()
                 assert await asyncio.wait_for(connecting, 10) == role
@@ -237,15 +247,13 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
             assert (await rotation).version == 2
             v2 = await server.client.get("DATABASE_URL")
     finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            role,
-        )
-        await admin.execute(f'DROP ROLE "{role.replace(chr(34), chr(34) * 2)}"')
+        await drop_role(admin, role)
         await admin.close()
 
     assert_hidden(logs.text(), *target.hidden(), password_of(v1.value))
     assert_hidden(logs.text(), password_of(v2.value))
+    # Held past its lease while paused, the rotation was not taken over.
+    assert "resuming the rotation of DATABASE_URL to version 2" not in logs.text()
 
 
 async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
@@ -320,11 +328,7 @@ async def test_a_first_version_given_up_is_made_at_the_next_login(
             url = await server.client.get("DATABASE_URL")
             assert await login(url.value) == role
     finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            role,
-        )
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await drop_role(admin, role)
         await admin.close()
 
     assert "DATABASE_URL" in [s.name for s in first.skipped]
@@ -333,7 +337,13 @@ async def test_a_first_version_given_up_is_made_at_the_next_login(
 
 @pytest.mark.parametrize(
     ("step", "two_roles"),
-    [("created", True), ("applied", True), ("verified", True), ("applied", False)],
+    [
+        ("created", True),
+        ("applied", True),
+        ("verified", True),
+        ("promoted", True),
+        ("applied", False),
+    ],
 )
 async def test_a_crash_at_each_step_is_finished_after_restart(
     step: str, two_roles: bool, target: Target, tmp_path: Path
@@ -380,7 +390,10 @@ async def test_a_crash_at_each_step_is_finished_after_restart(
         async def finished() -> bool:
             listed = {s.name: s for s in await client.list()}
             info = listed["DATABASE_URL"]
-            return info.current_version == 2 and not info.rotation_pending
+            if info.current_version != 2 or info.rotation_pending:
+                return False
+            # With two roles, the previous one's password is set to expire.
+            return not two_roles or await expires(target.cluster, roles[0])
 
         await poll_until(finished, within=20)
         v2 = await client.get("DATABASE_URL")
@@ -400,6 +413,19 @@ async def test_a_crash_at_each_step_is_finished_after_restart(
     assert_hidden(
         output, *target.hidden(), password_of(v1.value), password_of(v2.value)
     )
+
+
+async def expires(cluster: PasswordCluster, role: str) -> bool:
+    """Tell whether a role's password has an end (VALID UNTIL) set."""
+    admin = await asyncpg.connect(cluster.admin_url())
+    try:
+        until = await admin.fetchval(
+            "SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", role
+        )
+    finally:
+        await admin.close()
+    # asyncpg reads 'infinity' as datetime.max.
+    return until is not None and until.replace(tzinfo=None) != datetime.max
 
 
 async def _said(process: ServerProcess, text: str) -> bool:

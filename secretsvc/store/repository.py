@@ -697,16 +697,26 @@ class StoreTransaction:
             .where(
                 p.c.secret_name == name,
                 p.c.owner == owner,
-                p.c.sealed_value.is_not(None),
+                p.c.failed_at.is_(None),
             )
             .values(**values)
         )
         return bool(result.rowcount)
 
-    async def delete_pending(self, name: str) -> None:
-        """Forget a secret's pending version, or the record of its failure."""
+    async def delete_pending(
+        self, name: str, *, owner: str | None = None, step: str | None = None
+    ) -> None:
+        """Forget a secret's pending version, or the record of its failure.
+
+        With ``owner`` and ``step``, only if it is still that owner's, at that step.
+        """
         p = t.pending_versions
-        await self._conn.execute(sa.delete(p).where(p.c.secret_name == name))
+        query = sa.delete(p).where(p.c.secret_name == name)
+        if owner is not None:
+            query = query.where(p.c.owner == owner)
+        if step is not None:
+            query = query.where(p.c.step == step)
+        await self._conn.execute(query)
 
     async def claim_pending(
         self, name: str, owner: str, now: datetime, lease_until: datetime
@@ -721,7 +731,7 @@ class StoreTransaction:
             sa.select(p)
             .where(
                 p.c.secret_name == name,
-                p.c.sealed_value.is_not(None),
+                p.c.failed_at.is_(None),
                 p.c.lease_until <= now,
                 p.c.next_attempt_at <= now,
             )
@@ -743,7 +753,7 @@ class StoreTransaction:
         query = (
             sa.select(p.c.secret_name)
             .where(
-                p.c.sealed_value.is_not(None),
+                p.c.failed_at.is_(None),
                 p.c.lease_until <= now,
                 p.c.next_attempt_at <= now,
             )

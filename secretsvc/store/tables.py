@@ -166,7 +166,8 @@ pending_versions = sa.Table(
     sa.Column("sealed_value", sa.LargeBinary, nullable=True),
     sa.Column("key_term", sa.Integer, nullable=True),
     sa.Column("reason", sa.String(16), nullable=False),
-    # created, applied or verified.
+    # created, applied or verified; retiring once promoted, until the
+    # previous value has been expired on the target.
     sa.Column("step", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
