@@ -101,6 +101,12 @@ class NotInitialized(SecretsError):
     outcome = "refused"
 
 
+class RollbackRefused(SecretsError):
+    """Rolling back to that version would break the current one on its target."""
+
+    outcome = "refused"
+
+
 class RotationInProgress(SecretsError):
     """Another rotation of the secret is under way."""
 

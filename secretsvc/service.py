@@ -1277,6 +1277,7 @@ class SecretManager:
                 if rollback_to is not None:
                     assert record is not None
                     value = self._rollback_value(ring, record, rollback_to).decode()
+                    self._rotators[name].check_restore(value, current)
                 else:
                     value = self._rotators[name].produce(policy, current)
                 version = max(record.versions) + 1 if record else 1

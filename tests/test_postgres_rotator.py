@@ -19,7 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
-from secretsvc_client import ConflictError, FailedPreconditionError, SecretsClient
+from secretsvc_client import (
+    BlockingSecretsClient,
+    ConflictError,
+    FailedPreconditionError,
+    SecretsClient,
+)
 
 from secretsvc.service import utc_now
 from tests.helpers import (
@@ -179,13 +184,22 @@ async def test_two_roles_alternate_and_the_previous_url_lasts_its_grace(
         assert await login(v3.value) == a
         assert await login(v2.value) == b
         assert await refused(v1.value)
+
+        # v1 logs in as v3's role: restoring it would cut v3 off at once.
+        with pytest.raises(FailedPreconditionError, match="as the current one"):
+            await client.rollback("DATABASE_URL", 1)
+        # v2's role is the other one: it logs in again, and v3 keeps its grace.
+        await client.rollback("DATABASE_URL", 2)
+        v4 = await client.get("DATABASE_URL")
+        assert (v4.version, v4.value) == (4, v2.value)
+        assert await login(v3.value) == a
         listed = {s.name: s for s in await client.list()}
         urls = [v1.value, v2.value, v3.value]
 
     info = listed["DATABASE_URL"]
     assert (info.rotator, info.current_version, info.rotation_failed) == (
         "postgres",
-        3,
+        4,
         False,
     )
     assert listed["JWT_SECRET"].rotator == "random"
@@ -229,7 +243,9 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
             await asyncio.wait_for(server.server.manager.paused.wait(), 10)
             assert await refused(v1.value)
 
-            async with SecretsClient(f"127.0.0.1:{server.server.port}") as app:
+            target_address = f"127.0.0.1:{server.server.port}"
+            blocking = BlockingSecretsClient(target_address)
+            async with SecretsClient(target_address) as app:
                 assert (await app.get("DATABASE_URL")).version == 1
                 connecting = asyncio.create_task(
                     app.with_fresh_secret(
@@ -238,12 +254,23 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
                         retry_on=(asyncpg.InvalidPasswordError,),
                     )
                 )
+                # The blocking client, for a synchronous service, does the same.
+                connecting_blocking = asyncio.create_task(
+                    asyncio.to_thread(
+                        blocking.with_fresh_secret,
+                        "DATABASE_URL",
+                        lambda url: asyncio.run(login(url)),
+                        retry_on=(asyncpg.InvalidPasswordError,),
+                    )
+                )
                 # Longer than the lease: the paused rotation is still held.
                 await asyncio.sleep(1.5)
-                assert not connecting.done()
+                assert not connecting.done() and not connecting_blocking.done()
                 server.server.manager.release.set()
                 assert await asyncio.wait_for(connecting, 10) == role
+                assert await asyncio.wait_for(connecting_blocking, 10) == role
                 assert (await app.get("DATABASE_URL")).version == 2
+            await asyncio.to_thread(blocking.close)
             assert (await rotation).version == 2
             v2 = await server.client.get("DATABASE_URL")
     finally:

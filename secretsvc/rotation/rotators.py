@@ -23,7 +23,7 @@ import asyncpg
 import scramp
 
 from secretsvc.catalog import Alphabet, PostgresTarget, RotatorKind, SecretPolicy
-from secretsvc.errors import NotRotatable, TargetRefused
+from secretsvc.errors import NotRotatable, RollbackRefused, TargetRefused
 
 # 64 characters carry at least 256 bits in each alphabet but hex (which gets
 # 64 hex digits, 256 bits, too).
@@ -59,6 +59,13 @@ class Rotator(abc.ABC):
     @abc.abstractmethod
     def produce(self, policy: SecretPolicy, current: str | None) -> str:
         """Return a new value; ``current`` is the current one, if any."""
+
+    def check_restore(self, value: str, current: str | None) -> None:  # noqa: B027
+        """Refuse to restore an earlier ``value`` if that breaks ``current``.
+
+        Raises:
+            RollbackRefused: saying why.
+        """
 
     async def apply(self, value: str) -> None:  # noqa: B027 - nothing to apply
         """Make ``value`` work on the target; running it twice does no harm.
@@ -146,6 +153,22 @@ class PostgresRotator(Rotator):
             f"{t.scheme}://{quote(role, safe='')}:{quote(password, safe='')}"
             f"@{host}:{t.port}/{quote(t.database, safe='')}"
         )
+
+    def check_restore(self, value: str, current: str | None) -> None:
+        """Refuse, when roles alternate, an earlier URL of the current URL's role.
+
+        Applying it would change the password the current URL logs in with,
+        cutting off every client that holds it without a grace period.
+        """
+        if len(self.target.roles) < 2 or current is None:
+            return
+        role = role_of(value)
+        if role is not None and role == role_of(current):
+            raise RollbackRefused(
+                f"that version logs in as {role!r}, as the current one does: "
+                "restoring its password would cut off the current URL at once; "
+                "roll back to a version of the other role, or rotate"
+            )
 
     async def apply(self, value: str) -> None:
         """Set the role's password to the URL's: ``ALTER ROLE ... PASSWORD``."""

@@ -23,6 +23,7 @@ STATUS_CODES: dict[type[errors.SecretsError], grpc.StatusCode] = {
     errors.RootKeyChanged: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RotationInProgress: grpc.StatusCode.ABORTED,
     errors.NotInitialized: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RollbackRefused: grpc.StatusCode.FAILED_PRECONDITION,
     errors.TargetRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

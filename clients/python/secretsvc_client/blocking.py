@@ -7,11 +7,17 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-from collections.abc import Awaitable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from secretsvc_client.client import DEFAULT_TIMEOUT, SecretsClient, TLSConfig
+from secretsvc_client.client import (
+    DEFAULT_TIMEOUT,
+    FRESH_POLL_SECONDS,
+    SecretsClient,
+    TLSConfig,
+)
 from secretsvc_client.models import (
     AuditPage,
     InitializeResult,
@@ -89,6 +95,37 @@ class BlockingSecretsClient:
     ) -> Secret:
         """Read a secret: its current version, the version given, or the stage."""
         return self._run(self._client.get(name, version, stage=stage))
+
+    def refresh(self, name: str) -> Secret:
+        """Read a secret's current version from the server, past the cache."""
+        return self._run(self._client.refresh(name))
+
+    def with_fresh_secret(
+        self,
+        name: str,
+        use: Callable[[str], T],
+        *,
+        retry_on: tuple[type[BaseException], ...],
+        wait: float = 10.0,
+    ) -> T:
+        """Call ``use`` with the secret's value, and again with a fresher one if stale.
+
+        As :meth:`SecretsClient.with_fresh_secret`, for a blocking ``use`` such
+        as ``psycopg.connect``.
+        """
+        secret = self.get(name)
+        try:
+            return use(secret.value)
+        except retry_on:
+            deadline = time.monotonic() + wait
+            while True:
+                fresh = self.refresh(name)
+                if fresh.version != secret.version:
+                    break
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(FRESH_POLL_SECONDS)
+        return use(fresh.value)
 
     def get_or_default(self, name: str, default: str) -> str:
         """Return the current value of a secret, or ``default`` if it has none."""
