@@ -1866,7 +1866,10 @@ async def rekey(
         StartupError: the store has no root key yet.
     """
     async with store.write() as tx:
-        # Locked: a server adding a keyring term waits, then sees the new key.
+        # Locked in the order a data key rotation locks them (its secret's row,
+        # then the store's meta row), so the two never wait on each other in
+        # a cycle: a server adding a keyring term waits, then sees the new key.
+        await tx.lock_secret(DATA_KEY_NAME)
         meta = await tx.meta(lock=True)
         if meta is None:
             raise StartupError("the store has never been started: nothing to rekey")

@@ -105,11 +105,14 @@ async def running_server(
     catalog: Path | None = None,
     client_token: str | None = None,
     client_tls: TLSConfig | None = None,
+    scan_root_key: str | None = None,
     **options: Any,
 ) -> AsyncIterator[RunningServer]:
     """Run a real server on 127.0.0.1, port 0, and connect the real client.
 
-    ``options`` are further settings, such as ``auth="token"``.
+    ``options`` are further settings, such as ``auth="token"``. The leak scan
+    opens the store with ``scan_root_key`` (a test that rekeys it gives the new
+    key), else ``root_key``.
     """
     settings = Settings(
         **options,
@@ -135,7 +138,7 @@ async def running_server(
     running = RunningServer(server, client)
     try:
         yield running
-        values = await stored_values(server.store, root_key)
+        values = await stored_values(server.store, scan_root_key or root_key)
         await server.manager.audit.flush()
         trail = await audit_text(server.store)
     finally:

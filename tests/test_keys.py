@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -11,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from secretsvc_client import SecretsClient
+from secretsvc_client import FailedPreconditionError, SecretsClient
 
+from secretsvc.service import rekey
 from secretsvc.store import tables
 from tests.helpers import (
     OTHER_ROOT_KEY,
     ROOT_KEY,
+    FakeClock,
     ServerProcess,
     execute_sql,
     poll_until,
+    running_server,
     sqlite_url,
+    stored_values,
 )
 
 
@@ -124,6 +129,35 @@ async def read_with(tmp_path: Path, db: Path, key: str) -> str | None:
             return (await client.get("JWT_SECRET")).value
     finally:
         server.kill()
+
+
+async def test_rekey_racing_data_key_rotations_leaves_a_store_the_new_key_opens(
+    db_url: str, clock: FakeClock
+) -> None:
+    """Data key rotations either land before the rekey or are refused after it."""
+    async with running_server(
+        db_url, clock=clock, scan_root_key=OTHER_ROOT_KEY
+    ) as server:
+        await server.client.initialize("alice")
+        jwt = await server.client.get("JWT_SECRET")
+        outcomes = await asyncio.gather(
+            rekey(server.server.store, ROOT_KEY, OTHER_ROOT_KEY),
+            *(server.client.rotate("PASSWORD_MASTER_KEY") for _ in range(6)),
+            return_exceptions=True,
+        )
+
+    for outcome in outcomes[1:]:
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, FailedPreconditionError), outcome
+            assert "root key" in str(outcome)
+    async with running_server(db_url, clock=clock, root_key=OTHER_ROOT_KEY) as again:
+        assert (await again.client.get("JWT_SECRET")).value == jwt.value
+        # Every kept version of every secret opens with the new key.
+        async with again.server.store.read() as tx:
+            terms = [term for term, _ in await tx.key_terms()]
+        values = await stored_values(again.server.store, OTHER_ROOT_KEY)
+    assert outcomes[0] == len(terms)
+    assert jwt.value in values
 
 
 async def test_rekey_moves_the_store_to_the_new_key(tmp_path: Path) -> None:
