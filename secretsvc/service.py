@@ -835,7 +835,7 @@ class SecretManager:
                 pending = await tx.pending_states()
         except StoreUnavailable:
             consumers, pending = {}, {}
-        return [
+        listed = [
             SecretSummary(
                 name=record.name,
                 current_version=record.current.version,
@@ -850,9 +850,33 @@ class SecretManager:
                 rotation_pending=_in_progress(pending.get(record.name)),
                 failure=_failure(pending.get(record.name)),
             )
-            for record in sorted(self._secrets.values(), key=lambda r: r.name)
-            if any(caller.allows(a, record.name) for a in _LISTING_ACTIONS)
+            for record in self._secrets.values()
         ]
+        # A first version still being made, or given up: version 0.
+        listed += [
+            SecretSummary(
+                name=name,
+                current_version=0,
+                rotation_interval_days=policy.rotation_interval_days,
+                last_rotated_at=None,
+                next_rotation_due=None,
+                imported=False,
+                rotator=policy.rotator_kind.value,
+                rotation_pending=_in_progress(state),
+                failure=_failure(state),
+            )
+            for name, state in pending.items()
+            if name not in self._secrets
+            and (policy := self._policies.get(name)) is not None
+        ]
+        return sorted(
+            (
+                s
+                for s in listed
+                if any(caller.allows(a, s.name) for a in _LISTING_ACTIONS)
+            ),
+            key=lambda s: s.name,
+        )
 
     async def report_versions(
         self, consumer_id: str, versions: Mapping[str, int], *, caller: Caller
@@ -1262,10 +1286,10 @@ class SecretManager:
                             f"a rotation of secret '{name}' is under way", name=name
                         )
                     if earlier.attempts:
+                        at = earlier.next_attempt_at.isoformat(timespec="seconds")
                         raise RotationInProgress(
-                            f"a rotation of secret '{name}' failed "
-                            f"{earlier.attempts} times and is tried again at "
-                            f"{earlier.next_attempt_at.isoformat(timespec='seconds')}",
+                            f"a rotation of secret '{name}' is waiting for its next "
+                            f"attempt, at {at} (attempts so far: {earlier.attempts})",
                             name=name,
                         )
                 old = _check_expected(record, name, expected)
@@ -1493,24 +1517,22 @@ class SecretManager:
                 pending.created_by,
             )
             await self._make_current(tx, policy, record, new, mine.sealed_value)
-            if record is None:
-                await tx.delete_pending(name)
-            else:
-                await tx.update_pending(
-                    name,
-                    self._owner,
-                    step=RETIRING,
-                    sealed_value=None,
-                    key_term=None,
-                    attempts=0,
-                    next_attempt_at=now,
-                    lease_until=now + self._lease,
-                )
+            # Kept until the previous value is retired (at once for a first
+            # version), so the secret is never missing from ListSecrets.
+            await tx.update_pending(
+                name,
+                self._owner,
+                step=RETIRING,
+                sealed_value=None,
+                key_term=None,
+                attempts=0,
+                next_attempt_at=now,
+                lease_until=now + self._lease,
+            )
 
         meta = await self._made_current(new)
         await self._pause("promoted", name)
-        if record is not None:
-            await self._retire(policy, replace(pending, step=RETIRING, attempts=0))
+        await self._retire(policy, replace(pending, step=RETIRING, attempts=0))
         return meta
 
     async def _retire(self, policy: SecretPolicy, pending: PendingVersion) -> None:

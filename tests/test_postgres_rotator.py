@@ -228,10 +228,12 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
             # No admin URL yet: the first version waits for the rotation loop.
             assert "DATABASE_URL" in [s.name for s in first.skipped]
             await server.client.put("DATABASE_ADMIN_URL", pg_cluster.admin_url())
+            # Made now, or by the rotation loop if an attempt is still due.
+            await server.client.initialize("alice")
 
             async def made() -> bool:
-                listed = [s.name for s in await server.client.list()]
-                return "DATABASE_URL" in listed
+                listed = {s.name: s for s in await server.client.list()}
+                return listed["DATABASE_URL"].current_version == 1
 
             await poll_until(made)
             v1 = await server.client.get("DATABASE_URL")
@@ -314,7 +316,7 @@ async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
         with pytest.raises(FailedPreconditionError, match="does not exist") as refusal:
             await server.client.rotate("DATABASE_URL")
         # While it waits for its next attempt, a new rotation is not begun.
-        with pytest.raises(ConflictError, match="failed 1 times"):
+        with pytest.raises(ConflictError, match="waiting for its next attempt"):
             await server.client.rotate("DATABASE_URL")
 
     info = listed["DATABASE_URL"]
@@ -350,6 +352,7 @@ async def test_a_first_version_given_up_is_made_at_the_next_login(
                 return "given up after 3 attempts" in logs.text()
 
             await poll_until(given_up)
+            listed = {s.name: s for s in await server.client.list()}
             await admin.execute(f'CREATE ROLE "{role}" LOGIN')
             again = await server.client.initialize("alice")
             url = await server.client.get("DATABASE_URL")
@@ -360,6 +363,10 @@ async def test_a_first_version_given_up_is_made_at_the_next_login(
 
     assert "DATABASE_URL" in [s.name for s in first.skipped]
     assert "DATABASE_URL" in again.generated
+    # Before it existed, the list showed it as version 0, given up, and why.
+    info = listed["DATABASE_URL"]
+    assert (info.current_version, info.rotation_failed) == (0, True)
+    assert "does not exist" in info.rotation_failure
 
 
 @pytest.mark.parametrize(

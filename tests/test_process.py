@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -294,3 +295,29 @@ async def test_interrupted_watch_command_exits_quietly(
     assert "PASSWORD_MASTER_KEY v0 -> v1" in first
     assert watch.returncode == 0, err
     assert "Traceback" not in err, err
+
+
+def test_a_client_made_before_any_loop_runs_works_under_asyncio_run(
+    tmp_path: Path,
+) -> None:
+    """A client made at import time opens its channel on the loop that uses it."""
+    server = ServerProcess(
+        tmp_path, sqlite_url(tmp_path / "secrets.db"), PASSWORD_MASTER_KEY=ROOT_KEY
+    ).start()
+    try:
+        asyncio.run(server.wait_ready())
+        client = SecretsClient(server.target)
+
+        async def main() -> list[str]:
+            async with client:
+                await client.initialize("alice")
+                jwt = await client.get("JWT_SECRET")
+                return [s.value for s in await client.verifying_set("JWT_SECRET")] + [
+                    jwt.value
+                ]
+
+        values = asyncio.run(main())
+    finally:
+        server.kill()
+
+    assert len(set(values)) == 1

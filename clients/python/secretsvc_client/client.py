@@ -144,13 +144,11 @@ class SecretsClient:
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        if channel is None:
-            channel = (
-                grpc.aio.secure_channel(target, tls.credentials())
-                if tls is not None
-                else grpc.aio.insecure_channel(target)
-            )
+        self._tls = tls
+        # Opened at the first call, on the loop that runs it: a client made
+        # at import time still works under asyncio.run().
         self._channel = channel
+        self._stub_now: pb_grpc.SecretServiceStub | None = None
         self._closed = False
         self.consumer_id = consumer_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -168,7 +166,18 @@ class SecretsClient:
                 stale_if_error=stale_if_error,
                 **extra,
             )
-        self._stub = pb_grpc.SecretServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    @property
+    def _stub(self) -> pb_grpc.SecretServiceStub:
+        if self._stub_now is None:
+            if self._channel is None:
+                self._channel = (
+                    grpc.aio.secure_channel(self.target, self._tls.credentials())
+                    if self._tls is not None
+                    else grpc.aio.insecure_channel(self.target)
+                )
+            self._stub_now = pb_grpc.SecretServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub_now
 
     async def __aenter__(self) -> SecretsClient:
         return self
@@ -186,7 +195,8 @@ class SecretsClient:
         self._closed = True
         if self._cache is not None:
             await self._cache.stop()
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def initialize(self, user_id: str) -> InitializeResult:
         """Report a login of ``user_id``; the first one makes it master."""
