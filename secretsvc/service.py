@@ -103,6 +103,10 @@ RESEAL_BATCH = 100
 RESEAL_RETRY_SECONDS = 0.5
 # A rotation given up is tried again, with a new value, this long after.
 FAILED_ROTATION_RETRY = timedelta(days=1)
+# Expiring a previous value is tried again at most this many seconds apart.
+MAX_RETIRE_DELAY = 3600.0
+# How long a login waits for a first version made on a slow target.
+FIRST_VERSION_WAIT_SECONDS = 3.0
 # The step of a promoted rotation whose previous value is still to expire.
 RETIRING = "retiring"
 # Who reads the secret that holds a target's administrator URL.
@@ -254,6 +258,8 @@ class SecretManager:
         # The test hook: set when a rotation pauses; a set release lets it go on.
         self.paused = asyncio.Event()
         self.release = asyncio.Event()
+        # First versions still being made on their target after a login returned.
+        self._background: set[asyncio.Future[VersionMeta | None]] = set()
         # Names this process as the holder of the pending versions it drives.
         self._owner = secrets.token_hex(8)
 
@@ -353,6 +359,10 @@ class SecretManager:
         if self._resealer is not None:
             self._reseal_wanted.set()
             await self._resealer
+        # Cut short, a first version keeps its pending row for the next start.
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.audit.stop()
 
     # -- following the event log ----------------------------------------------
@@ -662,8 +672,22 @@ class SecretManager:
     ) -> None:
         """Make a secret's first version through its target, in the four steps."""
         name = policy.name
+        making = asyncio.ensure_future(
+            self._rotate_on_target(policy, Reason.INITIAL, actor)
+        )
+        self._background.add(making)
+        making.add_done_callback(self._background.discard)
+        # Nobody may be left to read the outcome; take it so it is not reported.
+        making.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # A slow target does not hold up the login past its deadline.
+        await asyncio.wait({making}, timeout=FIRST_VERSION_WAIT_SECONDS)
+        if not making.done():
+            outcome.skipped.append(
+                (name, "its first version is being made on its target")
+            )
+            return
         try:
-            made = await self._rotate_on_target(policy, Reason.INITIAL, actor)
+            made = making.result()
         except RotationInProgress:
             made = None
         except TargetRefused as error:
@@ -1280,6 +1304,19 @@ class SecretManager:
                 if only_if_due and _in_progress(earlier):
                     # Its attempts and their backoff belong to the resume path.
                     return None
+                owed = record is not None and any(
+                    v.stage is Stage.PREVIOUS and v.sealed_value is not None
+                    for v in record.versions.values()
+                )
+                if earlier and earlier.step == RETIRING and owed:
+                    # The previous version is still to expire on the target.
+                    if only_if_due or reason is Reason.INITIAL:
+                        return None
+                    raise RotationInProgress(
+                        f"the previous version of secret '{name}' is still to be "
+                        "expired on its target; the rotation loop is at it",
+                        name=name,
+                    )
                 if earlier and _in_progress(earlier):
                     if earlier.lease_until > now:
                         raise RotationInProgress(
@@ -1538,8 +1575,9 @@ class SecretManager:
     async def _retire(self, policy: SecretPolicy, pending: PendingVersion) -> None:
         """Let the previous value stop working on the target when its grace ends.
 
-        Tried again like the other steps; given up with a warning, since the
-        current version works either way.
+        Tried again, the wait doubling up to an hour, until it is done: until
+        then ListSecrets shows why, and no new rotation of the secret begins,
+        so none can change the role in between or drop the duty.
         """
         name = policy.name
         await self._reload([name])
@@ -1550,30 +1588,28 @@ class SecretManager:
         except (TargetRefused, SecretCorrupted) as error:
             now = self._clock()
             attempts = pending.attempts + 1
-            if attempts < policy.max_attempts:
-                delay = policy.retry_backoff_seconds * 2 ** (attempts - 1)
-                async with self._store.write() as tx:
-                    await tx.update_pending(
-                        name,
-                        self._owner,
-                        attempts=attempts,
-                        next_attempt_at=now + timedelta(seconds=delay),
-                        lease_until=now,
-                    )
-                logger.warning(
-                    "expiring the previous version of %s on its target failed: %s; "
-                    "trying again in %gs",
-                    name,
-                    error,
-                    delay,
-                )
-                return
-            logger.warning(
-                "the previous version of %s may keep working on its target past "
-                "its grace period: %s",
-                name,
-                error,
+            delay = min(
+                policy.retry_backoff_seconds * 2 ** (attempts - 1), MAX_RETIRE_DELAY
             )
+            async with self._store.write() as tx:
+                await tx.update_pending(
+                    name,
+                    self._owner,
+                    attempts=attempts,
+                    failure=str(error)[:500],
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    lease_until=now,
+                )
+            logger.warning(
+                "expiring the previous version of %s on its target failed "
+                "(attempt %d): %s; it may keep working past its grace period; "
+                "trying again in %gs",
+                name,
+                attempts,
+                error,
+                delay,
+            )
+            return
         async with self._store.write() as tx:
             await tx.delete_pending(name, owner=self._owner, step=RETIRING)
 
@@ -1789,7 +1825,14 @@ def _in_progress(pending: PendingVersion | None) -> bool:
 
 
 def _failure(pending: PendingVersion | None) -> str | None:
-    if pending is None or pending.failed_at is None:
+    if pending is None:
+        return None
+    if pending.step == RETIRING and pending.failure:
+        return (
+            "expiring the previous version on the target failed "
+            f"({pending.attempts} attempts so far): {pending.failure}"
+        )
+    if pending.failed_at is None:
         return None
     return pending.failure or "the target refused"
 

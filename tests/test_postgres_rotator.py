@@ -369,6 +369,98 @@ async def test_a_first_version_given_up_is_made_at_the_next_login(
     assert "does not exist" in info.rotation_failure
 
 
+async def test_the_previous_role_is_expired_before_any_new_rotation(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """Expiring the previous password is retried until done; nothing overtakes it."""
+    catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
+    db = sqlite_url(tmp_path / "secrets.db")
+    admin_url = target.cluster.admin_url()
+    wrong = target.cluster.url(target.cluster.admin_user, "not-the-password")
+    async with running_server(
+        db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+    ) as server:
+        client, manager = server.client, server.server.manager
+        await client.initialize("alice")
+        await client.put("DATABASE_ADMIN_URL", admin_url)
+        await client.initialize("alice")
+
+        async def made() -> bool:
+            listed = {s.name: s for s in await client.list()}
+            return listed["DATABASE_URL"].current_version == 1
+
+        await poll_until(made)
+        # Promoted, but the admin URL stops working before the old role expires.
+        manager.pause_rotations_after("promoted")
+        rotation = asyncio.create_task(client.rotate("DATABASE_URL"))
+        await asyncio.wait_for(manager.paused.wait(), 10)
+        await client.put("DATABASE_ADMIN_URL", wrong)
+        manager.release.set()
+        assert (await rotation).version == 2
+
+        async def failing() -> str:
+            listed = {s.name: s for s in await client.list()}
+            return listed["DATABASE_URL"].rotation_failure
+
+        assert "expiring the previous version" in await poll_until(failing)
+        with pytest.raises(ConflictError, match="still to be expired"):
+            await client.rotate("DATABASE_URL")
+        assert not await expires(target.cluster, target.roles[0])
+
+        # Once the admin URL works again, the loop finishes the duty.
+        await client.put("DATABASE_ADMIN_URL", admin_url)
+
+        async def expired() -> bool:
+            return await expires(target.cluster, target.roles[0]) and not (
+                await failing()
+            )
+
+        await poll_until(expired)
+        assert (await client.rotate("DATABASE_URL")).version == 3
+
+    assert_hidden(logs.text(), *target.hidden(), "not-the-password")
+
+
+async def test_a_first_login_does_not_wait_on_a_database_that_hangs(
+    tmp_path: Path, logs: LogCollector
+) -> None:
+    """A target that accepts and never answers: the login returns; the loop goes on."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    hanging = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = hanging.sockets[0].getsockname()[1]
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        "[secrets.DATABASE_URL]\nrotator = 'postgres'\n"
+        "[secrets.DATABASE_URL.postgres]\nroles = ['app']\n"
+        f"admin_url = 'postgresql://admin:admin-password@127.0.0.1:{port}/app'\n"
+        "connect_timeout_seconds = 60\n"
+    )
+    try:
+        async with running_server(
+            sqlite_url(tmp_path / "secrets.db"), clock=utc_now, catalog=catalog
+        ) as server:
+            # The suite's client gives up after 10 s; the target would take 60.
+            first = await server.client.initialize("alice")
+            listed = {s.name: s for s in await server.client.list()}
+    finally:
+        hanging.close()
+        for writer in accepted:
+            writer.close()
+
+    skipped = {s.name: s.reason for s in first.skipped}
+    assert skipped["DATABASE_URL"] == "its first version is being made on its target"
+    assert "JWT_SECRET" in first.generated
+    assert (
+        listed["DATABASE_URL"].current_version,
+        listed["DATABASE_URL"].rotation_pending,
+    ) == (0, True)
+    assert_hidden(logs.text(), "admin-password")
+
+
 @pytest.mark.parametrize(
     ("step", "two_roles"),
     [
