@@ -1296,39 +1296,8 @@ class SecretManager:
                 if record is None and reason is not Reason.INITIAL:
                     raise SecretNotFound(f"secret '{name}' does not exist", name=name)
                 earlier = await tx.pending(name)
-                if reason is Reason.INITIAL and (
-                    record is not None or _in_progress(earlier)
-                ):
-                    # A first version given up is tried again at the next login.
+                if not _may_begin(name, reason, only_if_due, record, earlier, now):
                     return None
-                if only_if_due and _in_progress(earlier):
-                    # Its attempts and their backoff belong to the resume path.
-                    return None
-                owed = record is not None and any(
-                    v.stage is Stage.PREVIOUS and v.sealed_value is not None
-                    for v in record.versions.values()
-                )
-                if earlier and earlier.step == RETIRING and owed:
-                    # The previous version is still to expire on the target.
-                    if only_if_due or reason is Reason.INITIAL:
-                        return None
-                    raise RotationInProgress(
-                        f"the previous version of secret '{name}' is still to be "
-                        "expired on its target; the rotation loop is at it",
-                        name=name,
-                    )
-                if earlier and _in_progress(earlier):
-                    if earlier.lease_until > now:
-                        raise RotationInProgress(
-                            f"a rotation of secret '{name}' is under way", name=name
-                        )
-                    if earlier.attempts:
-                        at = earlier.next_attempt_at.isoformat(timespec="seconds")
-                        raise RotationInProgress(
-                            f"a rotation of secret '{name}' is waiting for its next "
-                            f"attempt, at {at} (attempts so far: {earlier.attempts})",
-                            name=name,
-                        )
                 old = _check_expected(record, name, expected)
                 ring = await self._fresh_keyring(tx)
                 current: str | None = None
@@ -1804,6 +1773,61 @@ def _select(record: SecretRecord, version: int, stage: Stage | None) -> VersionR
     if stage not in (None, Stage.CURRENT):
         raise InvalidRequest("stage must be CURRENT or PREVIOUS")
     return record.current
+
+
+def _may_begin(
+    name: str,
+    reason: Reason,
+    only_if_due: bool,
+    record: SecretRecord | None,
+    earlier: PendingVersion | None,
+    now: datetime,
+) -> bool:
+    """Tell whether a rotation on a target may begin, given the pending row.
+
+    False: nothing to do here (the loop or a login will see to it).
+
+    Raises:
+        RotationInProgress: a caller asked, and another rotation, or the
+            expiry of the previous value, comes first.
+    """
+    quiet = only_if_due or reason is Reason.INITIAL
+    if reason is Reason.INITIAL and record is not None:
+        return False
+    if earlier is None or earlier.failed_at is not None:
+        # Nothing under way; a rotation given up is simply replaced.
+        return True
+    if _in_progress(earlier):
+        # Its attempts and their backoff belong to the resume path.
+        if quiet:
+            return False
+        if earlier.lease_until > now:
+            raise RotationInProgress(
+                f"a rotation of secret '{name}' is under way", name=name
+            )
+        if earlier.attempts:
+            at = earlier.next_attempt_at.isoformat(timespec="seconds")
+            raise RotationInProgress(
+                f"a rotation of secret '{name}' is waiting for its next "
+                f"attempt, at {at} (attempts so far: {earlier.attempts})",
+                name=name,
+            )
+        # Left by a process that died before its first attempt: replaced.
+        return True
+    owed = record is not None and any(
+        v.stage is Stage.PREVIOUS and v.sealed_value is not None
+        for v in record.versions.values()
+    )
+    if earlier.step == RETIRING and owed:
+        # The previous version is still to expire on the target.
+        if quiet:
+            return False
+        raise RotationInProgress(
+            f"the previous version of secret '{name}' is still to be expired on "
+            "its target; the rotation loop is at it",
+            name=name,
+        )
+    return True
 
 
 def _check_expected(
