@@ -421,6 +421,31 @@ async def test_the_previous_role_is_expired_before_any_new_rotation(
     assert_hidden(logs.text(), *target.hidden(), "not-the-password")
 
 
+async def test_a_previous_role_dropped_meanwhile_needs_no_expiry(
+    target: Target, tmp_path: Path
+) -> None:
+    """A role that no longer exists has no password to expire: nothing waits."""
+    catalog = target.catalog(tmp_path)
+    async with running_server(
+        sqlite_url(tmp_path / "secrets.db"), clock=utc_now, catalog=catalog
+    ) as server:
+        client, manager = server.client, server.server.manager
+        await client.initialize("alice")
+        manager.pause_rotations_after("promoted")
+        rotation = asyncio.create_task(client.rotate("DATABASE_URL"))
+        await asyncio.wait_for(manager.paused.wait(), 10)
+        admin = await asyncpg.connect(target.cluster.admin_url())
+        try:
+            await drop_role(admin, target.roles[0])
+        finally:
+            await admin.close()
+        manager.release.set()
+        assert (await rotation).version == 2
+        listed = {s.name: s for s in await client.list()}
+
+    assert not listed["DATABASE_URL"].rotation_failed
+
+
 async def test_a_first_login_does_not_wait_on_a_database_that_hangs(
     tmp_path: Path, logs: LogCollector
 ) -> None:

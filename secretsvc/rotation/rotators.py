@@ -32,6 +32,8 @@ _ALPHANUMERIC = string.ascii_letters + string.digits
 # Letters and digits only: a password that needs no escaping in a URL.
 PASSWORD_LENGTH = 48
 SCRAM_ITERATIONS = 4096
+# The SQLSTATE of ALTER ROLE on a role that does not exist.
+UNDEFINED_OBJECT = "42704"
 
 
 def generate_value(policy: SecretPolicy) -> str:
@@ -215,7 +217,8 @@ class PostgresRotator(Rotator):
             f"ALTER ROLE {quote_ident(old_role)} "
             f"VALID UNTIL {quote_literal(until.isoformat())}"
         )
-        await self._as_admin(statement, secrets_in_errors=())
+        # A role dropped since has no password left to expire.
+        await self._as_admin(statement, secrets_in_errors=(), unless=UNDEFINED_OBJECT)
 
     def _managed(self, value: str) -> tuple[str, str]:
         role, password = _credentials(value)
@@ -224,8 +227,13 @@ class PostgresRotator(Rotator):
         return role, password
 
     async def _as_admin(
-        self, statement: str, *, secrets_in_errors: tuple[str, ...]
+        self,
+        statement: str,
+        *,
+        secrets_in_errors: tuple[str, ...],
+        unless: str | None = None,
     ) -> None:
+        """Run ``statement`` as the administrator; SQLSTATE ``unless`` is no error."""
         t = self.target
         admin_url = await self._admin_url()
         hidden = (*secrets_in_errors, admin_url, *_url_secrets(admin_url))
@@ -241,6 +249,8 @@ class PostgresRotator(Rotator):
         try:
             await connection.execute(statement, timeout=t.connect_timeout_seconds)
         except Exception as error:
+            if unless is not None and getattr(error, "sqlstate", None) == unless:
+                return
             raise self._refused("changing the password", error, *hidden) from None
         finally:
             await connection.close(timeout=t.connect_timeout_seconds)
