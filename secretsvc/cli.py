@@ -16,7 +16,6 @@ from typing import Any, NoReturn, TypeVar, cast
 import click
 from pydantic import ValidationError
 from secretsvc_client import BlockingSecretsClient, SecretsError, TLSConfig
-from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from secretsvc.config import (
     DEFAULT_DATABASE_URL,
@@ -26,7 +25,7 @@ from secretsvc.config import (
 )
 from secretsvc.crypto import MIN_ROOT_KEY_LENGTH
 from secretsvc.errors import SecretsError as DomainError
-from secretsvc.errors import StartupError
+from secretsvc.errors import StartupError, StoreConflict
 from secretsvc.logs import setup_logging
 from secretsvc.model import TokenRecord
 from secretsvc.store import StoreTransaction, redact_url
@@ -474,7 +473,7 @@ def token_create(database_url: str, name: str, policy_path: Path) -> None:
         _fail(str(error))
     try:
         _on_store(database_url, lambda tx: tx.add_token(record))
-    except SqlIntegrityError:
+    except StoreConflict:
         _fail(
             f"a token named {name!r} exists already (a revoked token keeps its "
             "name); pick another name"

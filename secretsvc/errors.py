@@ -122,6 +122,14 @@ class TargetRefused(SecretsError):
     outcome = "failed"
 
 
+class StoreConflict(Exception):
+    """A write would add a second row where the store allows only one.
+
+    The store raises it in place of its driver's integrity error, so that
+    callers above it can tell who got there first without knowing SQL.
+    """
+
+
 class StartupError(Exception):
     """The service cannot start; the message says why, in one line."""
 

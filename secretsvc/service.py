@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from prometheus_client import Gauge
 
 from secretsvc import crypto
@@ -53,6 +52,7 @@ from secretsvc.errors import (
     SecretNotFound,
     SecretsError,
     StartupError,
+    StoreConflict,
     StoreUnavailable,
     TargetRefused,
     VersionConflict,
@@ -1331,7 +1331,7 @@ class SecretManager:
                 await tx.append_audit(
                     [self.audit.make(actor, action, "pending", name, version)]
                 )
-        except sa.exc.IntegrityError:
+        except StoreConflict:
             # Another process stored its pending version first.
             raise RotationInProgress(
                 f"a rotation of secret '{name}' is under way", name=name

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from secretsvc.errors import StartupError, StoreUnavailable
+from secretsvc.errors import StartupError, StoreConflict, StoreUnavailable
 from secretsvc.model import (
     AuditQuery,
     AuditRecord,
@@ -146,6 +146,9 @@ class Store:
                 yield conn
         except _UNREACHABLE as error:
             raise StoreUnavailable("the store cannot be reached") from error
+        except sa.exc.IntegrityError as error:
+            # The driver's message quotes the row; the caller names the thing.
+            raise StoreConflict("a unique row exists already") from error
         except sa.exc.DBAPIError as error:
             if not error.connection_invalidated:
                 raise
