@@ -56,12 +56,15 @@ class Grant:
     def allows(self, action: Action, name: str | None) -> bool:
         """Tell whether this grant covers ``action`` on ``name``.
 
-        An action on no secret in particular (initialize, admin) needs the
-        action only.
+        With no name, the action on any secret of the grant's patterns will do.
         """
         if action not in self.actions and Action.ADMIN not in self.actions:
             return False
         return name is None or any(fnmatchcase(name, p) for p in self.patterns)
+
+    def allows_everywhere(self, action: Action) -> bool:
+        """Tell whether this grant covers ``action`` on every secret there is."""
+        return self.allows(action, None) and EVERY_SECRET in self.patterns
 
     def to_json(self) -> dict[str, list[str]]:
         """Return the grant as JSON-ready data."""
@@ -71,7 +74,19 @@ class Grant:
         }
 
 
-EVERYTHING = (Grant(frozenset(Action), ("*",)),)
+EVERY_SECRET = "*"  # noqa: S105 - a name pattern, not a password
+EVERYTHING = (Grant(frozenset(Action), (EVERY_SECRET,)),)
+# Actions on the store as a whole: a grant of them must name every secret.
+STORE_WIDE = frozenset({Action.INITIALIZE})
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a call presents: its authorization headers and client certificate."""
+
+    authorization: tuple[str, ...] = ()
+    certificate: bool = False
+    common_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,16 @@ class Caller:
             raise AccessDenied(
                 f"{self.identity} may not {action.value}{target}", name=name
             )
+
+    def require_everywhere(self, action: Action) -> None:
+        """Raise AccessDenied unless the caller may do ``action`` on every secret.
+
+        Initializing creates every secret, and the audit trail speaks of every
+        secret: a grant on some patterns does not reach them.
+        """
+        if not any(grant.allows_everywhere(action) for grant in self.grants):
+            message = f"{self.identity} may not {action.value} on every secret"
+            raise AccessDenied(message)
 
     @classmethod
     def system(cls, identity: str) -> Caller:
@@ -137,19 +162,22 @@ def parse_policy(text: str, source: str) -> tuple[Grant, ...]:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise StartupError(f"policy {source}: {where}: {first['msg']}") from None
-    grants = []
-    for entry in parsed.grant:
-        _check_patterns(entry.secrets, f"policy {source}")
-        grants.append(Grant(frozenset(entry.actions), tuple(entry.secrets)))
-    return tuple(grants)
+    return tuple(_check_grant(entry, f"policy {source}") for entry in parsed.grant)
 
 
-def _check_patterns(patterns: list[str], where: str) -> None:
-    for pattern in patterns:
+def _check_grant(entry: _GrantEntry, where: str) -> Grant:
+    for pattern in entry.secrets:
         if not _PATTERN.fullmatch(pattern):
             raise StartupError(
                 f"{where}: secret pattern {pattern!r} may hold only A-Z, 0-9, _ and *"
             )
+    for action in sorted(STORE_WIDE.intersection(entry.actions)):
+        if EVERY_SECRET not in entry.secrets:
+            raise StartupError(
+                f"{where}: {action.value} acts on every secret; grant it on "
+                f'secrets = ["{EVERY_SECRET}"]'
+            )
+    return Grant(frozenset(entry.actions), tuple(entry.secrets))
 
 
 def load_policy(path: Path) -> tuple[Grant, ...]:
@@ -258,26 +286,44 @@ class Authenticator:
                 logger.warning("tokens not refreshed; retrying", exc_info=True)
 
     def authenticate(
-        self, bearer: str | None, tls_name: str | None, peer: str, action: str
+        self, credentials: Credentials, peer: str, action: str, name: str | None
     ) -> Caller:
         """Return the caller that a call's credential names.
 
+        Args:
+            credentials: what the call presents.
+            peer: where it comes from, for the audit trail.
+            action: the audit trail's word for the call.
+            name: the secret the call names, when it names a valid one.
+
         Raises:
-            Unauthenticated: no credential where one is required, or a token
-                that is malformed, unknown or revoked. The refusal is audited.
+            Unauthenticated: no credential where one is required, a token
+                that is malformed, unknown or revoked, more than one
+                authorization header, or a certificate with no common name.
+                The refusal is audited.
         """
         try:
-            return self._caller(bearer, tls_name)
+            return self._caller(credentials)
         except Unauthenticated as error:
-            self._audit.record(
-                f"unknown {peer}", action, error.outcome, detail=str(error)
-            )
+            detail = str(error)
+            token_id = _token_id(credentials.authorization)
+            if token_id is not None:
+                # The id is public (token list shows it); the secret part is not.
+                detail = f"{detail} (token id {token_id})"
+            actor = f"unknown {peer}"
+            self._audit.record(actor, action, error.outcome, name, detail=detail)
             raise
 
-    def _caller(self, bearer: str | None, tls_name: str | None) -> Caller:
-        if bearer is not None:
-            return self._token_caller(bearer)
-        if tls_name is not None:
+    def _caller(self, credentials: Credentials) -> Caller:
+        headers = credentials.authorization
+        if len(headers) > 1:
+            raise Unauthenticated("the call carries more than one authorization header")
+        if headers:
+            return self._token_caller(headers[0])
+        if credentials.certificate:
+            if not credentials.common_names:
+                raise Unauthenticated("the client certificate names no common name")
+            tls_name = credentials.common_names[0]
             return Caller(f"tls:{tls_name}", self._tls.get(tls_name, ()))
         if not self.required:
             return Caller("local", EVERYTHING)
@@ -286,10 +332,14 @@ class Authenticator:
             "or a client certificate"
         )
 
-    def _token_caller(self, bearer: str) -> Caller:
+    def _token_caller(self, header: str) -> Caller:
+        scheme, _, bearer = header.strip().partition(" ")
         match = _TOKEN.fullmatch(bearer.strip())
-        if match is None:
-            raise Unauthenticated("the bearer token is malformed")
+        if scheme.lower() != "bearer" or match is None:
+            raise Unauthenticated(
+                "the authorization header is not 'Bearer <token>' with a token "
+                "this service issued"
+            )
         token_id, secret = match.groups()
         found = self._tokens.get(token_id)
         # Compare a hash even for an unknown id, so timing tells nothing.
@@ -302,6 +352,15 @@ class Authenticator:
             grants,
             still_valid=lambda: token_id in self._tokens,
         )
+
+
+def _token_id(headers: tuple[str, ...]) -> str | None:
+    """Return the public id of the first well-formed token among ``headers``."""
+    for header in headers:
+        match = _TOKEN.search(header)
+        if match is not None:
+            return match.group(1)
+    return None
 
 
 def token_summary(record: TokenRecord) -> str:
@@ -355,8 +414,7 @@ def load_tls_identities(path: Path) -> dict[str, tuple[Grant, ...]]:
         raise StartupError(f"TLS policy {path}: {where}: {first['msg']}") from None
     identities: dict[str, tuple[Grant, ...]] = {}
     for entry in parsed.identity:
-        _check_patterns(entry.secrets, f"TLS policy {path}")
-        grant = Grant(frozenset(entry.actions), tuple(entry.secrets))
+        grant = _check_grant(entry, f"TLS policy {path}")
         identities[entry.name] = (*identities.get(entry.name, ()), grant)
     return identities
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from secretsvc.errors import InvalidRequest, StartupError
 
@@ -19,6 +19,8 @@ from secretsvc.errors import InvalidRequest, StartupError
 # shape of an environment variable, so a secret can be exported as one.
 NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
 NAME_RULE = "an upper-case letter, then up to 127 of A-Z, 0-9 and _"
+# PostgreSQL's limit on a role or database name; longer ones are cut short.
+POSTGRES_NAME_BYTES = 63
 
 # The keyring's active data key, named like the root key variable that wraps it.
 DATA_KEY_NAME = "PASSWORD_MASTER_KEY"
@@ -175,6 +177,46 @@ class _Entry(BaseModel):
     retry_backoff_seconds: float | None = Field(default=None, ge=0, le=86400)
 
 
+# What the user and password of an administrator URL may hold: unreserved
+# characters and percent escapes. Anything else ("@", "/", "#", ...) is read
+# differently by different URL parsers, and would put part of the password
+# where a host or port belongs, and into error messages.
+_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=-]+(:[A-Za-z0-9._~%!$&'()*+,;=:-]*)?")
+
+
+def admin_url_problem(url: str) -> str | None:
+    """Say what is wrong with an administrator URL, never quoting it; or None."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not sep or not scheme.startswith("postgres"):
+        return "is not a postgresql:// URL"
+    if at and not _USERINFO.fullmatch(userinfo):
+        return (
+            "needs its user and password percent-encoded: any character but "
+            "letters, digits and -._~ written as %XX"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "does not give a host and port that can be read"
+    if parts.hostname is None:
+        return "names no host"
+    return None
+
+
+def _postgres_name(text: str) -> str:
+    # PostgreSQL cuts longer names to 63 bytes, which may name another role.
+    if len(text.encode()) > POSTGRES_NAME_BYTES:
+        raise ValueError(f"a PostgreSQL name is at most {POSTGRES_NAME_BYTES} bytes")
+    if "\x00" in text:
+        raise ValueError("a PostgreSQL name holds no NUL character")
+    return text
+
+
+PostgresName = Annotated[str, Field(min_length=1), AfterValidator(_postgres_name)]
+
+
 class _PostgresEntry(BaseModel):
     """The ``[secrets.NAME.postgres]`` table of a postgres-rotated secret."""
 
@@ -182,12 +224,10 @@ class _PostgresEntry(BaseModel):
 
     admin_url: str | None = Field(default=None, min_length=1, max_length=2000)
     admin_url_secret: str | None = None
-    roles: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
-        min_length=1, max_length=2
-    )
+    roles: list[PostgresName] = Field(min_length=1, max_length=2)
     host: str | None = Field(default=None, min_length=1, max_length=255)
     port: int | None = Field(default=None, ge=1, le=65535)
-    database: str | None = Field(default=None, min_length=1, max_length=63)
+    database: PostgresName | None = None
     scheme: str = Field(default="postgresql", pattern=r"^postgres(ql)?(\+\w+)?$")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
@@ -320,18 +360,19 @@ def _target(
     host, port, database = entry.host, entry.port, entry.database
     if entry.admin_url is not None:
         # Never echoed: it may carry a password.
-        try:
-            parts = urlsplit(entry.admin_url)
-            admin_host, admin_port = parts.hostname, parts.port
-        except ValueError:
-            raise problem("postgres.admin_url is not a URL") from None
-        if not parts.scheme.startswith("postgres"):
-            raise problem("postgres.admin_url is not a postgresql:// URL")
-        host = host or admin_host
-        port = port or admin_port or 5432
+        wrong = admin_url_problem(entry.admin_url)
+        if wrong is not None:
+            raise problem(f"postgres.admin_url {wrong}")
+        parts = urlsplit(entry.admin_url)
+        host = host or parts.hostname
+        port = port or parts.port or 5432
         database = database or unquote(parts.path.lstrip("/")) or None
     if host is None or database is None:
         raise problem("postgres: host and database are needed")
+    try:
+        _postgres_name(database)
+    except ValueError as error:
+        raise problem(f"postgres: the database name: {error}") from None
     return PostgresTarget(
         roles=tuple(entry.roles),
         host=host,

@@ -117,9 +117,22 @@ class TargetRefused(SecretsError):
     """The system a rotator applies values to refused or could not be reached.
 
     The message says what the target answered; it never holds a value.
+    ``untouched`` is True when the target certainly did not take the value
+    (it could not be reached, or it refused the change as a whole).
     """
 
     outcome = "failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        untouched: bool = False,
+    ) -> None:
+        super().__init__(message, name=name, version=version)
+        self.untouched = untouched
 
 
 class StoreConflict(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import logging
 import re
 import secrets
@@ -103,8 +104,11 @@ RESEAL_BATCH = 100
 RESEAL_RETRY_SECONDS = 0.5
 # A rotation given up is tried again, with a new value, this long after.
 FAILED_ROTATION_RETRY = timedelta(days=1)
-# Expiring a previous value is tried again at most this many seconds apart.
-MAX_RETIRE_DELAY = 3600.0
+# Expiring a previous value, or finishing a rotation that cannot be undone,
+# is tried again at most this many seconds apart.
+MAX_RETRY_DELAY = 3600.0
+# The longest wait between attempts of a rotation, whatever its backoff.
+LONGEST_BACKOFF_SECONDS = FAILED_ROTATION_RETRY.total_seconds()
 # How long a login waits for a first version made on a slow target.
 FIRST_VERSION_WAIT_SECONDS = 3.0
 # The step of a promoted rotation whose previous value is still to expire.
@@ -556,7 +560,7 @@ class SecretManager:
         actor = caller.identity
         with self._audited(actor, "initialize", None, None):
             _check_user_id(user_id)
-            caller.require(Action.INITIALIZE)
+            caller.require_everywhere(Action.INITIALIZE)
             missing = [p for p in self._policies.values() if self._needs_creating(p)]
             if self._master is not None and not missing:
                 outcome = InitializeOutcome(
@@ -672,13 +676,9 @@ class SecretManager:
     ) -> None:
         """Make a secret's first version through its target, in the four steps."""
         name = policy.name
-        making = asyncio.ensure_future(
+        making = self._in_background(
             self._rotate_on_target(policy, Reason.INITIAL, actor)
         )
-        self._background.add(making)
-        making.add_done_callback(self._background.discard)
-        # Nobody may be left to read the outcome; take it so it is not reported.
-        making.add_done_callback(lambda done: done.cancelled() or done.exception())
         # A slow target does not hold up the login past its deadline.
         await asyncio.wait({making}, timeout=FIRST_VERSION_WAIT_SECONDS)
         if not making.done():
@@ -928,8 +928,10 @@ class SecretManager:
                         name=name,
                         version=version,
                     )
+            # Keyed by the caller too: one caller cannot overwrite another's.
+            key = hashlib.sha256(f"{caller.identity}\n{consumer_id}".encode())
             async with self._store.write() as tx:
-                await tx.report_versions(consumer_id, dict(versions), self._clock())
+                await tx.report_versions(key.hexdigest(), dict(versions), self._clock())
 
     def _overdue(self, record: SecretRecord) -> bool:
         waits = self._source(record.name) in (Source.IMPORTED, Source.WRITTEN)
@@ -971,8 +973,12 @@ class SecretManager:
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
             if self.touches_target(name):
-                meta = await self._rotate_on_target(
-                    policy, reason, actor, expected=expected_version
+                meta = await asyncio.shield(
+                    self._in_background(
+                        self._rotate_on_target(
+                            policy, reason, actor, expected=expected_version
+                        )
+                    )
                 )
             else:
                 meta = await _to_the_end(
@@ -1060,8 +1066,12 @@ class SecretManager:
             if policy is None or policy.source is Source.DATA_KEY:
                 raise NotRotatable(f"secret '{name}' cannot be rolled back", name=name)
             if self.touches_target(name):
-                meta = await self._rotate_on_target(
-                    policy, Reason.ROLLBACK, actor, rollback_to=version
+                meta = await asyncio.shield(
+                    self._in_background(
+                        self._rotate_on_target(
+                            policy, Reason.ROLLBACK, actor, rollback_to=version
+                        )
+                    )
                 )
             else:
                 meta = await _to_the_end(
@@ -1204,6 +1214,23 @@ class SecretManager:
         )
 
     # -- rotations that touch a target ----------------------------------------
+
+    def _in_background(
+        self, rotation: Coroutine[Any, Any, VersionMeta | None]
+    ) -> asyncio.Task[VersionMeta | None]:
+        """Run a rotation on a target as a task of the manager's own.
+
+        Awaited through a shield, it goes on when its caller gives up: a
+        client's deadline must not stop it between applying a value and
+        promoting it. Shutdown cancels it; its pending version stays for the
+        rotation loop.
+        """
+        task = asyncio.ensure_future(rotation)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        # Nobody may be left to read the outcome; take it so it is not reported.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
     async def _rotate_on_target(
         self,
@@ -1361,10 +1388,46 @@ class SecretManager:
             async with self._holding(pending):
                 await self._apply_and_verify(rotator, pending, value)
         except TargetRefused as error:
+            restored = error.untouched or await self._undo(rotator, pending, value)
             raise await _to_the_end(
-                self._attempt_failed(policy, pending, error)
+                self._attempt_failed(policy, pending, error, restored=restored)
             ) from None
         return await _to_the_end(self._finish(policy, pending))
+
+    async def _undo(
+        self, rotator: Rotator, pending: PendingVersion, value: str
+    ) -> bool:
+        """Put the target back as it was before a failed attempt; tell if it went.
+
+        Until then the target may hold the pending value, which no client
+        has: with one role, the current URL would not log in.
+        """
+        name = pending.name
+        record = self._secrets.get(name)
+        earlier: list[tuple[str, datetime | None]] = []
+        if record is not None:
+            for version in sorted(record.versions.values(), key=lambda v: -v.version):
+                if version.stage not in (Stage.CURRENT, Stage.PREVIOUS):
+                    continue
+                if version.sealed_value is None:
+                    continue
+                try:
+                    plain = await self._open(
+                        name, version.version, version.sealed_value
+                    )
+                except SecretCorrupted:
+                    continue
+                earlier.append((plain.decode(), self._expiry(record, version)))
+        try:
+            await rotator.undo(value, earlier)
+        except TargetRefused as error:
+            logger.warning(
+                "rotation of %s: putting the target back as it was failed: %s",
+                name,
+                error,
+            )
+            return False
+        return True
 
     async def _apply_and_verify(
         self, rotator: Rotator, pending: PendingVersion, value: str
@@ -1420,14 +1483,26 @@ class SecretManager:
             )
 
     async def _attempt_failed(
-        self, policy: SecretPolicy, pending: PendingVersion, error: TargetRefused
+        self,
+        policy: SecretPolicy,
+        pending: PendingVersion,
+        error: TargetRefused,
+        *,
+        restored: bool,
     ) -> SecretsError:
-        """Schedule the next attempt, or give the rotation up after the last."""
+        """Schedule the next attempt, or give the rotation up after the last.
+
+        A rotation whose target could not be put back as it was is not given
+        up: the target may hold the pending value, and only finishing the
+        rotation makes the current value work there again.
+        """
         name = policy.name
         now = self._clock()
         attempts = pending.attempts + 1
-        if attempts < policy.max_attempts:
-            delay = policy.retry_backoff_seconds * 2 ** (attempts - 1)
+        stuck = attempts >= policy.max_attempts and not restored
+        if attempts < policy.max_attempts or stuck:
+            backoff = policy.retry_backoff_seconds * 2 ** min(attempts - 1, 32)
+            delay = min(backoff, MAX_RETRY_DELAY if stuck else LONGEST_BACKOFF_SECONDS)
             async with self._store.write() as tx:
                 await tx.update_pending(
                     name,
@@ -1436,18 +1511,31 @@ class SecretManager:
                     step="created",
                     next_attempt_at=now + timedelta(seconds=delay),
                     lease_until=now,
+                    failure=str(error)[:500] if stuck else None,
                 )
-            logger.warning(
-                "rotation of %s: attempt %d of %d failed: %s; trying again in %gs",
-                name,
-                attempts,
-                policy.max_attempts,
-                error,
-                delay,
-            )
+            if stuck:
+                logger.error(
+                    "rotation of %s: attempt %d failed: %s; the target could not "
+                    "be put back as it was, so the rotation is not given up: "
+                    "trying again in %gs",
+                    name,
+                    attempts,
+                    error,
+                    delay,
+                )
+            else:
+                logger.warning(
+                    "rotation of %s: attempt %d of %d failed: %s; trying again in %gs",
+                    name,
+                    attempts,
+                    policy.max_attempts,
+                    error,
+                    delay,
+                )
+            of = "" if stuck else f" of {policy.max_attempts}"
             retrying = TargetRefused(
-                f"secret '{name}': {error} (attempt {attempts} of "
-                f"{policy.max_attempts}; tried again in {delay:g}s)",
+                f"secret '{name}': {error} (attempt {attempts}{of}; tried again "
+                f"in {delay:g}s)",
                 name=name,
                 version=pending.version,
             )
@@ -1531,6 +1619,7 @@ class SecretManager:
                 step=RETIRING,
                 sealed_value=None,
                 key_term=None,
+                failure=None,
                 attempts=0,
                 next_attempt_at=now,
                 lease_until=now + self._lease,
@@ -1558,7 +1647,7 @@ class SecretManager:
             now = self._clock()
             attempts = pending.attempts + 1
             delay = min(
-                policy.retry_backoff_seconds * 2 ** (attempts - 1), MAX_RETIRE_DELAY
+                policy.retry_backoff_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY
             )
             async with self._store.write() as tx:
                 await tx.update_pending(
@@ -1683,7 +1772,7 @@ class SecretManager:
                 raise InvalidRequest("page_token is not one this service gave")
             if query.name is not None:
                 check_name(query.name)
-            caller.require(Action.ADMIN)
+            caller.require_everywhere(Action.ADMIN)
             # Reads recorded a moment ago belong on the first page.
             with contextlib.suppress(StoreUnavailable):
                 await self.audit.flush()
@@ -1857,6 +1946,11 @@ def _failure(pending: PendingVersion | None) -> str | None:
             f"({pending.attempts} attempts so far): {pending.failure}"
         )
     if pending.failed_at is None:
+        if pending.failure and _in_progress(pending):
+            return (
+                "the target may hold a value no client has, and could not be "
+                f"put back ({pending.attempts} attempts so far): {pending.failure}"
+            )
         return None
     return pending.failure or "the target refused"
 

@@ -63,7 +63,14 @@ async def store_snapshot(running: RunningServer) -> list[Any]:
     s, v, e = tables.application_secrets, tables.secret_versions, tables.rotation_events
     async with running.server.store.engine.connect() as conn:
         rows = []
-        for table in (s, v, e, tables.master_user):
+        for table in (
+            s,
+            v,
+            e,
+            tables.master_user,
+            tables.consumer_versions,
+            tables.pending_versions,
+        ):
             rows.append((await conn.execute(sa.select(table))).all())
     return rows
 
@@ -80,10 +87,28 @@ def every_rpc(client: SecretsClient) -> dict[str, Callable[[], Awaitable[Any]]]:
         "ListSecrets": lambda: client.list(),
         "ListAuditEvents": lambda: client.audit(),
         "WatchRotations": first_event,
+        "PutSecret": lambda: client.put("JWT_SECRET", "w" * 40),
+        "ListVersions": lambda: client.versions("JWT_SECRET"),
+        "RollbackSecret": lambda: client.rollback("JWT_SECRET", 1),
+        "ReportVersions": lambda: client.report_versions({"JWT_SECRET": 1}),
     }
 
 
 RPCS = list(every_rpc(SecretsClient.__new__(SecretsClient)))
+# How the audit trail names each call of every_rpc, refused at the door or
+# by the domain alike.
+RECORDED_AS = {
+    "InitializeSecrets": ("initialize", None),
+    "GetSecret": ("read", "JWT_SECRET"),
+    "RotateSecret": ("rotate", "JWT_SECRET"),
+    "ListSecrets": ("list", None),
+    "ListAuditEvents": ("audit", None),
+    "WatchRotations": ("watch", None),
+    "PutSecret": ("write", "JWT_SECRET"),
+    "ListVersions": ("list_versions", "JWT_SECRET"),
+    "RollbackSecret": ("rollback", "JWT_SECRET"),
+    "ReportVersions": ("report", None),
+}
 
 
 @pytest.mark.parametrize("rpc", RPCS)
@@ -120,7 +145,78 @@ async def test_every_rpc_refuses_bad_credentials(
 
     assert await store_snapshot(secured) == before
     page = await secured.client.audit(outcome=outcome)
-    assert page.events, f"no {outcome} record for {rpc}"
+    assert [(e.action, e.name or None) for e in page.events] == [RECORDED_AS[rpc]]
+
+
+def test_every_rpc_of_the_contract_is_tried() -> None:
+    """The tables of refused calls name every RPC the service offers."""
+    from secretsvc_client._proto import secrets_pb2 as pb
+
+    from secretsvc.server.servicer import AUDIT_ACTIONS
+
+    service = sorted(
+        m.name for m in pb.DESCRIPTOR.services_by_name["SecretService"].methods
+    )
+
+    assert sorted(RPCS) == sorted(RECORDED_AS) == sorted(AUDIT_ACTIONS) == service
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        (["bearer-of-admin", "bearer-of-admin"], "more than one authorization"),
+        (["admin-token-alone"], "is not 'Bearer <token>'"),
+        (["Basic admin-token"], "is not 'Bearer <token>'"),
+    ],
+    ids=["two-headers", "no-scheme", "basic-scheme"],
+)
+async def test_authorization_headers_are_read_strictly(
+    secured: RunningServer, headers: list[str], problem: str
+) -> None:
+    """Only one header of the form 'Bearer <token>' authenticates a call."""
+    import grpc
+    from secretsvc_client._proto import secrets_pb2 as pb
+    from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
+
+    admin = await add_token(secured, "strict", EVERYTHING)
+    spelled = {
+        "bearer-of-admin": f"Bearer {admin}",
+        "admin-token-alone": admin,
+        "Basic admin-token": f"Basic {admin}",
+    }
+    metadata = [("authorization", spelled[h]) for h in headers]
+    async with grpc.aio.insecure_channel(secured.target) as channel:
+        stub = pb_grpc.SecretServiceStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetSecret(
+                pb.GetSecretRequest(name="JWT_SECRET"), metadata=metadata
+            )
+
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert problem in (refused.value.details() or "")
+    assert admin not in (refused.value.details() or "")
+    page = await secured.client.audit(outcome="unauthenticated")
+    (record,) = page.events
+    assert (record.action, record.name) == ("read", "JWT_SECRET")
+    assert admin.split("_")[1] in record.detail
+    assert admin.split("_", 2)[2] not in repr(record)
+
+
+async def test_consumers_of_two_callers_are_counted_apart(
+    secured: RunningServer,
+) -> None:
+    """A caller reporting under another's consumer id adds itself, not overwrites."""
+    first = await add_token(secured, "first", BACKEND)
+    second = await add_token(secured, "second", BACKEND)
+    for token in (first, second):
+        async with SecretsClient(
+            secured.target, token=token, cache=False, consumer_id="shared"
+        ) as consumer:
+            await consumer.report_versions({"JWT_SECRET": 1})
+
+    listed = {s.name: s.consumers for s in await secured.client.list()}
+
+    assert listed["JWT_SECRET"] == {1: 2}
 
 
 async def test_policy_limits_a_token_to_its_patterns(secured: RunningServer) -> None:
@@ -150,6 +246,40 @@ async def test_policy_limits_a_token_to_its_patterns(secured: RunningServer) -> 
         ("read", "CSRF_SECRET"),
         ("rotate", "JWT_SECRET"),
     }
+
+
+async def test_admin_on_a_pattern_does_not_reach_the_whole_store(
+    secured: RunningServer,
+) -> None:
+    """Admin on JWT_* does all on JWT_*, but neither the audit trail nor login."""
+    scoped = (Grant(frozenset({Action.ADMIN}), ("JWT_*",)),)
+    token = await add_token(secured, "jwt-admin", scoped)
+    async with SecretsClient(secured.target, token=token, cache=False) as jwt_admin:
+        rotated = await jwt_admin.rotate("JWT_SECRET")
+        with pytest.raises(PermissionDeniedError, match="may not read"):
+            await jwt_admin.get("CSRF_SECRET")
+        with pytest.raises(PermissionDeniedError, match="admin on every secret"):
+            await jwt_admin.audit()
+        with pytest.raises(PermissionDeniedError, match="initialize on every"):
+            await jwt_admin.initialize("mallory")
+
+    assert rotated.version == 2
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    ['["JWT_*"]', '["NOTHING"]', '["JWT_SECRET", "CSRF_SECRET"]'],
+    ids=["prefix", "one-name", "two-names"],
+)
+def test_initialize_granted_on_some_secrets_is_refused(secrets: str) -> None:
+    """A login right acts on every secret, so a policy must say '*' for it."""
+    from secretsvc.access import parse_policy
+    from secretsvc.errors import StartupError
+
+    text = f'[[grant]]\nactions = ["read", "initialize"]\nsecrets = {secrets}\n'
+
+    with pytest.raises(StartupError, match="initialize acts on every secret"):
+        parse_policy(text, "auth.toml")
 
 
 async def test_revoked_token_is_refused_within_a_second(
@@ -222,8 +352,10 @@ async def test_mutual_tls_names_the_caller(
     stranger = Authority(elsewhere, "another CA").issue("billing")
     policy = tmp_path / "tls-policy.toml"
     policy.write_text(
-        '[[identity]]\nname = "billing"\nactions = ["read", "initialize"]\n'
+        '[[identity]]\nname = "billing"\nactions = ["read"]\n'
         'secrets = ["JWT_SECRET"]\n'
+        '[[identity]]\nname = "billing"\nactions = ["initialize"]\n'
+        'secrets = ["*"]\n'
     )
     as_billing = TLSConfig.from_files(str(ca.cert), str(billing.cert), str(billing.key))
 
@@ -249,6 +381,13 @@ async def test_mutual_tls_names_the_caller(
             async with SecretsClient(server.target, tls=tls, timeout=5) as client:
                 with pytest.raises(UnavailableError):
                     await client.get("JWT_SECRET")
+        nameless = ca.issue(None)
+        as_nobody = TLSConfig.from_files(
+            str(ca.cert), str(nameless.cert), str(nameless.key)
+        )
+        async with SecretsClient(server.target, tls=as_nobody, timeout=5) as client:
+            with pytest.raises(UnauthenticatedError, match="names no common name"):
+                await client.get("JWT_SECRET")
 
     assert secret.version == 1
 

@@ -103,6 +103,21 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
             "[secrets.K]\nsource = 'written'\nrotator = 'random'\n",
             "random rotator is for generated",
         ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['a']\n"
+            "admin_url = 'postgresql://admin:Zk9Qw/uR2+d=@127.0.0.1:5432/app'\n",
+            "admin_url needs its user and password percent-encoded",
+        ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['" + "é" * 32 + "']\n"
+            "admin_url = 'postgresql://admin@db/app'\n",
+            "at most 63 bytes",
+        ),
+        (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['a']\n"
+            "admin_url = 'postgresql://admin@db/" + "d" * 64 + "'\n",
+            "the database name: a PostgreSQL name is at most 63 bytes",
+        ),
     ],
     ids=[
         "bad-name",
@@ -118,6 +133,9 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         "postgres-three-roles",
         "postgres-without-host",
         "random-for-written",
+        "admin-url-not-encoded",
+        "role-over-63-bytes",
+        "database-over-63-bytes",
     ],
 )
 def test_bad_catalog_names_file_entry_and_problem(
@@ -132,6 +150,7 @@ def test_bad_catalog_names_file_entry_and_problem(
     message = str(raised.value)
     assert str(path) in message
     assert problem in message
+    assert "Zk9Qw" not in message
 
 
 async def test_catalog_secrets_are_generated_in_their_alphabet(

@@ -32,6 +32,7 @@ from tests.helpers import (
     FakeClock,
     LogCollector,
     ServerProcess,
+    TcpProxy,
     poll_until,
     running_server,
     sqlite_url,
@@ -330,6 +331,106 @@ async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
     assert "attempt 1 of 3" in str(refusal.value)
     assert "given up after 3 attempts" in logs.text()
     assert_hidden(logs.text(), *target.hidden())
+
+
+@pytest.mark.parametrize("two_roles", [False, True], ids=["one-role", "two-roles"])
+async def test_a_new_url_that_cannot_log_in_leaves_the_old_ones_working(
+    two_roles: bool, target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """Applied but not verified: the role gets its old password back, and keeps it.
+
+    Clients reach the database through a proxy that the test cuts, while the
+    administrator's connection goes straight to it.
+    """
+    proxy = await TcpProxy(target.cluster.port).start()
+    roles = target.roles if two_roles else target.roles[:1]
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        "[secrets.DATABASE_URL]\nrotator = 'postgres'\nmax_attempts = 2\n"
+        "retry_backoff_seconds = 0.05\n[secrets.DATABASE_URL.postgres]\n"
+        f"roles = {json.dumps(roles)}\n"
+        f"admin_url = {json.dumps(target.cluster.admin_url())}\n"
+        f"host = '127.0.0.1'\nport = {proxy.port}\nconnect_timeout_seconds = 2\n"
+    )
+    db = sqlite_url(tmp_path / "secrets.db")
+    try:
+        async with running_server(
+            db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+        ) as server:
+            client = server.client
+            await client.initialize("alice")
+            if two_roles:
+                await client.rotate("DATABASE_URL")
+            working = [s.value for s in await client.verifying_set("DATABASE_URL")]
+
+            await proxy.cut()
+            with pytest.raises(FailedPreconditionError, match="attempt 1 of 2"):
+                await client.rotate("DATABASE_URL")
+
+            async def given_up() -> bool:
+                listed = {s.name: s for s in await client.list()}
+                return listed["DATABASE_URL"].rotation_failed
+
+            await poll_until(given_up)
+            await proxy.restore()
+            current = await client.get("DATABASE_URL")
+            logged_in = [await login(url) for url in working]
+    finally:
+        await proxy.cut()
+
+    assert current.version == (2 if two_roles else 1)
+    assert current.value == working[0]
+    assert logged_in == roles[::-1] if two_roles else roles
+    assert "given up after 2 attempts" in logs.text()
+    assert_hidden(logs.text(), *target.hidden(), *map(password_of, working))
+
+
+async def test_rolling_back_to_an_imported_url_is_refused_at_once(
+    target: Target, tmp_path: Path
+) -> None:
+    """The imported URL's role is not the rotator's: refused, nothing attempted."""
+    env = {"DATABASE_URL": "postgresql://creator:imported-pw@db:5432/app"}
+    catalog = target.catalog(tmp_path)
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(
+        db, clock=utc_now, environ=env, catalog=catalog
+    ) as server:
+        await server.client.initialize("alice")
+        await server.client.rotate("DATABASE_URL")
+        with pytest.raises(FailedPreconditionError, match="not a role this rotator"):
+            await server.client.rollback("DATABASE_URL", 1)
+        listed = {s.name: s for s in await server.client.list()}
+        versions = await server.client.versions("DATABASE_URL")
+
+    info = listed["DATABASE_URL"]
+    assert (info.current_version, info.rotation_failed) == (2, False)
+    assert [v.version for v in versions] == [2, 1]
+
+
+async def test_an_admin_url_that_parsers_read_apart_is_refused_unquoted(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """A written admin URL with a raw '/' in its password: refused, never echoed."""
+    catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
+    leaky = f"postgresql://admin:Zk9Qw7LmXq/uR2abc+d=@{target.cluster.host}:1/postgres"
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(
+        db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+    ) as server:
+        await server.client.initialize("alice")
+        await server.client.put("DATABASE_ADMIN_URL", leaky)
+
+        async def refused_plainly() -> bool:
+            listed = {s.name: s for s in await server.client.list()}
+            return "percent-encoded" in listed["DATABASE_URL"].rotation_failure
+
+        await poll_until(refused_plainly)
+        listed = await server.client.list()
+        audit = await server.client.audit(name="DATABASE_URL")
+
+    everything = logs.text() + repr(listed) + repr(audit)
+    assert "Zk9Qw7LmXq" not in everything
+    assert "uR2abc" not in everything
 
 
 async def test_a_first_version_given_up_is_made_at_the_next_login(

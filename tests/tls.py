@@ -43,15 +43,20 @@ class Authority:
         self.cert = folder / f"{name.replace(' ', '-')}.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, common_name: str, *, server: bool = False) -> Issued:
-        """Issue a certificate for ``common_name``; a server one names 127.0.0.1."""
+    def issue(self, common_name: str | None, *, server: bool = False) -> Issued:
+        """Issue a certificate for ``common_name``; a server one names 127.0.0.1.
+
+        With no common name, the subject names an organization only.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
+        if common_name is None:
+            subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secretsvc")]
+        else:
+            subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         builder = (
             x509.CertificateBuilder()
-            .subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-            )
+            .subject_name(x509.Name(subject))
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -65,9 +70,8 @@ class Authority:
             ]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
         cert = builder.sign(self._key, hashes.SHA256())
-        issued = Issued(
-            self.folder / f"{common_name}.crt", self.folder / f"{common_name}.key"
-        )
+        stem = common_name or "no-common-name"
+        issued = Issued(self.folder / f"{stem}.crt", self.folder / f"{stem}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         issued.key.write_bytes(
             key.private_bytes(

@@ -13,7 +13,7 @@ import abc
 import base64
 import secrets
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
@@ -22,7 +22,13 @@ from urllib.parse import quote, unquote, urlsplit
 import asyncpg
 import scramp
 
-from secretsvc.catalog import Alphabet, PostgresTarget, RotatorKind, SecretPolicy
+from secretsvc.catalog import (
+    Alphabet,
+    PostgresTarget,
+    RotatorKind,
+    SecretPolicy,
+    admin_url_problem,
+)
 from secretsvc.errors import NotRotatable, RollbackRefused, TargetRefused
 
 # 64 characters carry at least 256 bits in each alphabet but hex (which gets
@@ -87,6 +93,21 @@ class Rotator(abc.ABC):
         self, previous: str, current: str, until: datetime
     ) -> None:
         """Let ``previous`` stop working on the target at ``until``."""
+
+    async def undo(  # noqa: B027 - nothing to undo
+        self, failed: str, earlier: Sequence[tuple[str, datetime | None]]
+    ) -> None:
+        """After ``failed`` was refused, make the target work as it did before.
+
+        Args:
+            failed: the value whose apply or verify failed; the target may
+                have taken it.
+            earlier: the values that should still work, newest first, each
+                with the moment it stops working (None: never).
+
+        Raises:
+            TargetRefused: the target could not be put back.
+        """
 
 
 class RandomRotator(Rotator):
@@ -157,15 +178,22 @@ class PostgresRotator(Rotator):
         )
 
     def check_restore(self, value: str, current: str | None) -> None:
-        """Refuse, when roles alternate, an earlier URL of the current URL's role.
+        """Refuse an earlier URL of a role not managed here, or of the current role.
 
-        Applying it would change the password the current URL logs in with,
+        A role not managed here (an imported URL's) cannot be given a
+        password. When roles alternate, applying an earlier URL of the current
+        URL's role would change the password the current URL logs in with,
         cutting off every client that holds it without a grace period.
         """
+        role = role_of(value)
+        if role not in self.target.roles:
+            raise RollbackRefused(
+                f"that version logs in as {role!r}, which is not a role this "
+                "rotator manages; roll back to a version it made, or rotate"
+            )
         if len(self.target.roles) < 2 or current is None:
             return
-        role = role_of(value)
-        if role is not None and role == role_of(current):
+        if role == role_of(current):
             raise RollbackRefused(
                 f"that version logs in as {role!r}, as the current one does: "
                 "restoring its password would cut off the current URL at once; "
@@ -199,9 +227,15 @@ class PostgresRotator(Rotator):
                 "logging in with the new password", error, password
             ) from None
         try:
-            who = await connection.fetchval("SELECT current_user")
+            who = await connection.fetchval(
+                "SELECT current_user", timeout=t.connect_timeout_seconds
+            )
+        except Exception as error:
+            raise self._refused(
+                "asking who the new password logs in as", error, password
+            ) from None
         finally:
-            await connection.close(timeout=t.connect_timeout_seconds)
+            await _close(connection, t.connect_timeout_seconds)
         if who != role:
             raise TargetRefused(f"the new password logged in as {who!r}, not {role!r}")
 
@@ -220,10 +254,44 @@ class PostgresRotator(Rotator):
         # A role dropped since has no password left to expire.
         await self._as_admin(statement, secrets_in_errors=(), unless=UNDEFINED_OBJECT)
 
+    async def undo(
+        self, failed: str, earlier: Sequence[tuple[str, datetime | None]]
+    ) -> None:
+        """Give the failed value's role back the password it had, or none.
+
+        With one role that is the current URL's password; with two, the
+        previous URL's, expiring when its grace ends. A role that no value
+        still logs in as gets no password at all.
+        """
+        role = role_of(failed)
+        if role is None or role not in self.target.roles:
+            return
+        for url, until in earlier:
+            if role_of(url) != role:
+                continue
+            password = _credentials(url)[1]
+            valid_until = "infinity" if until is None else until.isoformat()
+            statement = (
+                f"ALTER ROLE {quote_ident(role)} PASSWORD "
+                f"{quote_literal(scram_verifier(password))} "
+                f"VALID UNTIL {quote_literal(valid_until)}"
+            )
+            await self._as_admin(
+                statement, secrets_in_errors=(password,), unless=UNDEFINED_OBJECT
+            )
+            return
+        await self._as_admin(
+            f"ALTER ROLE {quote_ident(role)} PASSWORD NULL",
+            secrets_in_errors=(),
+            unless=UNDEFINED_OBJECT,
+        )
+
     def _managed(self, value: str) -> tuple[str, str]:
         role, password = _credentials(value)
         if role not in self.target.roles:
-            raise TargetRefused(f"role {role!r} is not one this rotator manages")
+            raise TargetRefused(
+                f"role {role!r} is not one this rotator manages", untouched=True
+            )
         return role, password
 
     async def _as_admin(
@@ -236,6 +304,9 @@ class PostgresRotator(Rotator):
         """Run ``statement`` as the administrator; SQLSTATE ``unless`` is no error."""
         t = self.target
         admin_url = await self._admin_url()
+        wrong = admin_url_problem(admin_url)
+        if wrong is not None:
+            raise TargetRefused(f"the administrator URL {wrong}", untouched=True)
         hidden = (*secrets_in_errors, admin_url, *_url_secrets(admin_url))
         try:
             connection = await asyncpg.connect(
@@ -244,16 +315,22 @@ class PostgresRotator(Rotator):
         except Exception as error:
             raise TargetRefused(
                 f"connecting as the administrator{_where(admin_url)} failed: "
-                f"{describe(error, hidden)}"
+                f"{describe(error, hidden)}",
+                untouched=True,
             ) from None
         try:
             await connection.execute(statement, timeout=t.connect_timeout_seconds)
         except Exception as error:
-            if unless is not None and getattr(error, "sqlstate", None) == unless:
+            sqlstate = getattr(error, "sqlstate", None)
+            if unless is not None and sqlstate == unless:
                 return
-            raise self._refused("changing the password", error, *hidden) from None
+            refused = self._refused("changing the password", error, *hidden)
+            # The server answered with an error: the statement did nothing.
+            # A lost connection or a timeout leaves that unknown.
+            refused.untouched = isinstance(error, asyncpg.PostgresError)
+            raise refused from None
         finally:
-            await connection.close(timeout=t.connect_timeout_seconds)
+            await _close(connection, t.connect_timeout_seconds)
 
     def _refused(self, doing: str, error: BaseException, *hidden: str) -> TargetRefused:
         t = self.target
@@ -261,6 +338,14 @@ class PostgresRotator(Rotator):
             f"database {t.database} at {t.host}:{t.port}: {doing} failed: "
             f"{describe(error, hidden)}"
         )
+
+
+async def _close(connection: asyncpg.Connection, within: float) -> None:
+    """Close a connection; one that does not close in time is dropped."""
+    try:
+        await connection.close(timeout=within)
+    except Exception:
+        connection.terminate()
 
 
 def describe(error: BaseException, hidden: tuple[str, ...] = ()) -> str:

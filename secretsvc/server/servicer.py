@@ -16,7 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from secretsvc_client._proto import secrets_pb2 as pb
 from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
 
-from secretsvc.access import Authenticator, Caller
+from secretsvc.access import Authenticator, Caller, Credentials
+from secretsvc.catalog import NAME_PATTERN
 from secretsvc.errors import InvalidRequest, SecretsError
 from secretsvc.model import AuditQuery, Reason, RotationEventRecord, Stage
 from secretsvc.server.status import INTERNAL_MESSAGE, status_for
@@ -84,16 +85,37 @@ def _failure(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-def _credentials(context: Context) -> tuple[str | None, str | None]:
-    """Return the call's bearer token and client-certificate name, if any."""
-    bearer = None
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            bearer = token if scheme.lower() == "bearer" else value
-    names = list((context.auth_context() or {}).get("x509_common_name") or [])
-    tls_name = names[0].decode() if names else None
-    return bearer, tls_name
+# The audit trail's action for a call refused before the domain saw it, in
+# the words the domain uses for the calls it refuses itself.
+AUDIT_ACTIONS = {
+    "InitializeSecrets": "initialize",
+    "GetSecret": "read",
+    "RotateSecret": "rotate",
+    "PutSecret": "write",
+    "RollbackSecret": "rollback",
+    "ListSecrets": "list",
+    "ListVersions": "list_versions",
+    "ReportVersions": "report",
+    "ListAuditEvents": "audit",
+    "WatchRotations": "watch",
+}
+
+
+def _credentials(context: Context) -> Credentials:
+    """Return what the call presents: bearer headers and certificate names."""
+    headers = [
+        value
+        for key, value in context.invocation_metadata() or ()
+        if key == "authorization" and isinstance(value, str)
+    ]
+    peer = context.auth_context() or {}
+    names = peer.get("x509_common_name") or []
+    return Credentials(
+        authorization=tuple(headers),
+        certificate=bool(peer.get("x509_pem_cert")),
+        # gRPC reports an empty common name for a subject without one.
+        common_names=tuple(n.decode(errors="replace") for n in names if n),
+    )
 
 
 Handler = Callable[[Any, Request, Context, Caller], Awaitable[Reply]]
@@ -113,7 +135,7 @@ def unary(
         # Read once: a cancelled call's context must not be touched again.
         peer = context.peer()
         try:
-            caller = self.authenticate(context, method.__name__)
+            caller = self.authenticate(context, peer, method.__name__, request)
             reply = await method(self, request, context, caller)
         except asyncio.CancelledError:
             _log_call(method.__name__, grpc.StatusCode.CANCELLED, started, peer)
@@ -143,7 +165,7 @@ def streaming(
         # Read once: a cancelled call's context must not be touched again.
         peer = context.peer()
         try:
-            caller = self.authenticate(context, method.__name__)
+            caller = self.authenticate(context, peer, method.__name__, request)
             replies = method(self, request, context, caller)
             async with contextlib.aclosing(replies):
                 async for reply in replies:
@@ -170,11 +192,17 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self._manager = manager
         self._authenticator = authenticator
 
-    def authenticate(self, context: Context, method: str) -> Caller:
+    def authenticate(
+        self, context: Context, peer: str, method: str, request: object
+    ) -> Caller:
         """Return the caller of this call, from its token or certificate."""
-        bearer, tls_name = _credentials(context)
+        name = getattr(request, "name", None)
         return self._authenticator.authenticate(
-            bearer, tls_name, context.peer(), method
+            _credentials(context),
+            peer,
+            AUDIT_ACTIONS[method],
+            # A malformed name is not echoed, not even into the audit trail.
+            name if isinstance(name, str) and NAME_PATTERN.fullmatch(name) else None,
         )
 
     @unary
