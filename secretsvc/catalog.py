@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+import regex
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from secretsvc.errors import InvalidRequest, StartupError
 
@@ -157,12 +165,30 @@ def check_name(name: str) -> str:
     raise InvalidRequest(f"secret name ({len(name)} characters) is not {NAME_RULE}")
 
 
+MAX_INTERVAL_DAYS = 36_500
+# Variables an imported secret may not read: the root key, and the service's
+# own settings (tokens, keys for rekey), which are never stored or served.
+_PROTECTED_VARIABLES = re.compile(r"PASSWORD_MASTER_KEY(_FILE)?|SECRETSVC_.*")
+
+
+def _interval(value: object) -> object:
+    if value == "never" or (type(value) is int and 1 <= value <= MAX_INTERVAL_DAYS):
+        return value
+    raise ValueError(
+        f'give a whole number of days from 1 to {MAX_INTERVAL_DAYS}, or "never"'
+    )
+
+
+Interval = Annotated[int | Literal["never"], BeforeValidator(_interval)]
+
+
 class _Entry(BaseModel):
     """One ``[secrets.NAME]`` table of a catalog file; every key is optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a TOML true is not a number of days, nor "no" a false.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    rotation_interval_days: Annotated[int, Field(ge=1)] | Literal["never"] | None = None
+    rotation_interval_days: Interval | None = None
     min_length: int | None = Field(default=None, ge=1, le=4096)
     source: Literal["generated", "imported", "written"] | None = None
     alphabet: Literal["base64url", "hex", "alphanumeric"] | None = None
@@ -220,7 +246,7 @@ PostgresName = Annotated[str, Field(min_length=1), AfterValidator(_postgres_name
 class _PostgresEntry(BaseModel):
     """The ``[secrets.NAME.postgres]`` table of a postgres-rotated secret."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     admin_url: str | None = Field(default=None, min_length=1, max_length=2000)
     admin_url_secret: str | None = None
@@ -233,7 +259,7 @@ class _PostgresEntry(BaseModel):
 
 
 class _CatalogFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     secrets: dict[str, _Entry] = {}
 
@@ -328,8 +354,18 @@ def _policy(
     if policy.rotator is RotatorKind.MANUAL and policy.source is Source.GENERATED:
         raise problem('a manual rotator needs source = "written" or "imported"')
 
+    # A built-in imported secret made generated or written forgets its
+    # variable, unless a postgres rotator imports a first URL from it.
+    forgets = policy.source is not Source.IMPORTED and entry.import_from is None
+    if forgets and policy.rotator is not RotatorKind.POSTGRES:
+        policy = replace(policy, import_from=None)
     if policy.source is Source.IMPORTED and policy.import_from is None:
         policy = replace(policy, import_from=name)
+    if policy.import_from and _PROTECTED_VARIABLES.fullmatch(policy.import_from):
+        raise problem(
+            f"{policy.import_from} holds the service's own keys or settings and "
+            "is never imported"
+        )
     postgres = policy.rotator is RotatorKind.POSTGRES
     if policy.source is Source.GENERATED and policy.import_from and not postgres:
         raise problem("import_from is only for imported secrets")
@@ -337,8 +373,8 @@ def _policy(
         if policy.source is not Source.WRITTEN:
             raise problem("format is only for written secrets")
         try:
-            re.compile(policy.format)
-        except re.error as error:
+            regex.compile(policy.format)
+        except regex.error as error:
             raise problem(f"format is not a regular expression: {error}") from None
     return policy
 

@@ -11,7 +11,6 @@ import bisect
 import contextlib
 import hashlib
 import logging
-import re
 import secrets
 from collections.abc import (
     AsyncGenerator,
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import regex
 from prometheus_client import Gauge
 
 from secretsvc import crypto
@@ -46,6 +46,7 @@ from secretsvc.errors import (
     NotInitialized,
     NotRotatable,
     ReadForbidden,
+    RollbackRefused,
     RootKeyChanged,
     RootKeyMismatch,
     RotationInProgress,
@@ -587,8 +588,27 @@ class SecretManager:
         return rotator is not None and rotator.has_target
 
     def _import(self, policy: SecretPolicy) -> str | None:
-        value = self._environ.get(policy.import_from or policy.name)
-        return value or None
+        """Return the value to import for ``policy``, if there is a fit one."""
+        if self._import_problem(policy) is not None:
+            return None
+        return self._environ[policy.import_from or policy.name]
+
+    def _import_problem(self, policy: SecretPolicy) -> str | None:
+        """Say why ``policy``'s variable cannot be imported, or None if it can."""
+        variable = policy.import_from or policy.name
+        value = self._environ.get(variable)
+        if not value:
+            return f"{variable} is not set in the server's environment"
+        try:
+            _check_value(policy, value)
+        except InvalidRequest as error:
+            return f"{variable} in the server's environment is refused: {error}"
+        return None
+
+    def _why_skipped(self, policy: SecretPolicy) -> str:
+        if policy.source is Source.WRITTEN:
+            return "written by an operator with PutSecret"
+        return self._import_problem(policy) or "it cannot be made yet"
 
     def _skipped(
         self, policies: Iterable[SecretPolicy] | None = None
@@ -596,7 +616,7 @@ class SecretManager:
         """Name the imported secrets that cannot be created, and why."""
         candidates = self._policies.values() if policies is None else policies
         return [
-            (p.name, _why_skipped(p))
+            (p.name, self._why_skipped(p))
             for p in candidates
             if p.name not in self._secrets and not self._needs_creating(p)
         ]
@@ -758,11 +778,18 @@ class SecretManager:
             _check_version(version)
             caller.require(Action.READ, name)
             policy = self._policies.get(name)
-            if policy is not None and not policy.servable:
-                raise ReadForbidden(f"secret '{name}' is never served", name=name)
             record = self._secrets.get(name)
             if record is None:
                 raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            if policy is None:
+                # Whether it may be served is the catalog's to say; fail closed.
+                raise ReadForbidden(
+                    f"secret '{name}' is not in this server's catalog, so it is "
+                    "not served",
+                    name=name,
+                )
+            if not policy.servable:
+                raise ReadForbidden(f"secret '{name}' is never served", name=name)
             found = _select(record, version, stage)
             expires_at = self._expiry(record, found)
             if expires_at is not None and self._clock() >= expires_at:
@@ -970,6 +997,8 @@ class SecretManager:
         actor = caller.identity
         with self._audited(actor, "rotate", name, None):
             check_name(name)
+            if expected_version is not None:
+                _check_version(expected_version)
             caller.require(Action.ROTATE, name)
             policy = self._rotatable(name)
             if self.touches_target(name):
@@ -1024,6 +1053,8 @@ class SecretManager:
         actor = caller.identity
         with self._audited(actor, "write", name, None):
             check_name(name)
+            if expected_version is not None:
+                _check_version(expected_version)
             caller.require(Action.WRITE, name)
             policy = self._policies.get(name)
             if policy is None:
@@ -1063,6 +1094,8 @@ class SecretManager:
                 raise InvalidRequest("give the version to roll back to")
             caller.require(Action.ROTATE, name)
             policy = self._policies.get(name)
+            if name not in self._secrets:
+                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
             if policy is None or policy.source is Source.DATA_KEY:
                 raise NotRotatable(f"secret '{name}' cannot be rolled back", name=name)
             if self.touches_target(name):
@@ -1159,7 +1192,7 @@ class SecretManager:
             else:
                 if rollback_to is not None:
                     assert record is not None
-                    value = self._rollback_value(ring, record, rollback_to)
+                    value = self._rollback_value(ring, policy, record, rollback_to)
                 if value is None:
                     value = self._rotators[name].produce(policy, None).encode()
                 stored = ring.seal(name, version, value)
@@ -1333,7 +1366,8 @@ class SecretManager:
                     current = ring.open(name, old, sealed).decode()
                 if rollback_to is not None:
                     assert record is not None
-                    value = self._rollback_value(ring, record, rollback_to).decode()
+                    restored = self._rollback_value(ring, policy, record, rollback_to)
+                    value = restored.decode()
                     self._rotators[name].check_restore(value, current)
                 else:
                     value = self._rotators[name].produce(policy, current)
@@ -1715,13 +1749,24 @@ class SecretManager:
         return plain.decode()
 
     def _rollback_value(
-        self, ring: crypto.Keyring, record: SecretRecord, version: int
+        self,
+        ring: crypto.Keyring,
+        policy: SecretPolicy,
+        record: SecretRecord,
+        version: int,
     ) -> bytes:
+        """Open the value to roll back to, if it may become current again."""
         name = record.name
         target = record.versions.get(version)
         if target is None:
             raise VersionNotFound(
                 f"secret '{name}' has no version {version}", name=name, version=version
+            )
+        if version == record.current.version:
+            raise RollbackRefused(
+                f"secret '{name}' version {version} is the current one already",
+                name=name,
+                version=version,
             )
         if target.sealed_value is None:
             raise VersionNotKept(
@@ -1730,13 +1775,17 @@ class SecretManager:
                 version=version,
             )
         try:
-            return ring.open(name, version, target.sealed_value)
+            value = ring.open(name, version, target.sealed_value)
         except crypto.SealError:
             raise SecretCorrupted(
                 f"secret '{name}' version {version} is damaged and cannot be opened",
                 name=name,
                 version=version,
             ) from None
+        # The policy may have changed since: what it refuses now stays out.
+        _check_value(policy, value.decode())
+
+        return value
 
     async def due(self, now: datetime) -> list[str]:
         """Return the names of the secrets that fall due at ``now``."""
@@ -1840,6 +1889,9 @@ _LISTING_ACTIONS = (Action.READ, Action.ROTATE, Action.WRITE)
 # The audit trail's action for each kind of new version.
 _ACTIONS = {Reason.WRITTEN: "write", Reason.ROLLBACK: "rollback"}
 MAX_VALUE_LENGTH = 65_536
+# A written value is matched against its format for at most this long: a
+# pattern that backtracks without end must not stall every other call.
+FORMAT_TIMEOUT_SECONDS = 0.1
 
 
 def _select(record: SecretRecord, version: int, stage: Stage | None) -> VersionRecord:
@@ -1969,17 +2021,28 @@ def _check_value(policy: SecretPolicy, value: str) -> None:
             f"value of secret '{name}' is longer than {MAX_VALUE_LENGTH} characters",
             name=name,
         )
-    if policy.format is not None and not re.fullmatch(policy.format, value):
+    if "\x00" in value:
         raise InvalidRequest(
-            f"value of secret '{name}' does not match its format {policy.format!r}",
+            f"value of secret '{name}' holds a NUL character, which no "
+            "environment variable can carry",
             name=name,
         )
-
-
-def _why_skipped(policy: SecretPolicy) -> str:
-    if policy.source is Source.WRITTEN:
-        return "written by an operator with PutSecret"
-    return f"{policy.import_from} is not set in the server's environment"
+    if policy.format is None:
+        return
+    try:
+        matched = regex.fullmatch(policy.format, value, timeout=FORMAT_TIMEOUT_SECONDS)
+    except TimeoutError:
+        matched = None
+        message = (
+            f"value of secret '{name}' could not be checked against its format "
+            f"{policy.format!r} within {FORMAT_TIMEOUT_SECONDS:g}s"
+        )
+    else:
+        message = (
+            f"value of secret '{name}' does not match its format {policy.format!r}"
+        )
+    if matched is None:
+        raise InvalidRequest(message, name=name)
 
 
 async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:

@@ -82,6 +82,16 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         ("[secrets.K]\nimport_from = 'X'\n", "only for imported"),
         ("[secrets.K\n", "not valid TOML"),
         (
+            "[secrets.K]\nsource = 'imported'\nimport_from = 'PASSWORD_MASTER_KEY'\n",
+            "PASSWORD_MASTER_KEY holds the service's own keys",
+        ),
+        (
+            "[secrets.K]\nsource = 'imported'\nimport_from = 'SECRETSVC_TOKEN'\n",
+            "is never imported",
+        ),
+        ("[secrets.K]\nrotation_interval_days = true\n", "whole number of days"),
+        ("[secrets.K]\nrotation_interval_days = 40000\n", "from 1 to 36500"),
+        (
             "[secrets.DATABASE_URL]\nrotator = 'postgres'\n",
             "needs a [secrets.DATABASE_URL.postgres] table",
         ),
@@ -128,6 +138,10 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         "data-key",
         "import-from-generated",
         "broken-toml",
+        "import-root-key",
+        "import-settings",
+        "interval-boolean",
+        "interval-beyond-a-century",
         "postgres-without-target",
         "postgres-without-admin",
         "postgres-three-roles",

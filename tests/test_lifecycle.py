@@ -11,6 +11,7 @@ from secretsvc_client import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RotationEvent,
 )
 
@@ -28,6 +29,10 @@ retain_versions = 3
 rotation_interval_days = 7
 retain_versions = 3
 grace_period_hours = 2
+
+[secrets.BACKTRACKING_KEY]
+source = "written"
+format = "(x+x+)+y"
 """
 STRIPE = "sk_live_" + "A1b2C3d4" * 4
 
@@ -183,8 +188,9 @@ async def test_written_secret_waits_for_an_operator(lifecycle: RunningServer) ->
         ("sk_live_short", "at least 32"),
         ("pk_test_" + "A" * 40, "does not match its format"),
         ("x" * 70_000, "longer than"),
+        ("sk_live_" + "A" * 30 + "\x00", "NUL character"),
     ],
-    ids=["too-short", "wrong-format", "too-long"],
+    ids=["too-short", "wrong-format", "too-long", "nul"],
 )
 async def test_bad_written_value_is_refused_without_echo(
     lifecycle: RunningServer, logs: LogCollector, value: str, rule: str
@@ -199,6 +205,69 @@ async def test_bad_written_value_is_refused_without_echo(
     assert all(value not in e.detail for e in trail.events)
     with pytest.raises(NotFoundError):
         await lifecycle.client.get("STRIPE_KEY")
+
+
+async def test_a_format_that_backtracks_without_end_is_cut_short(
+    lifecycle: RunningServer,
+) -> None:
+    """A value the format cannot settle in time is refused, and nothing stalls."""
+    value = "x" * 5000
+
+    with pytest.raises(InvalidArgumentError, match="could not be checked") as raised:
+        await lifecycle.client.put("BACKTRACKING_KEY", value)
+
+    assert value not in str(raised.value)
+    assert (await lifecycle.client.get("JWT_SECRET")).version == 1
+
+
+async def test_rolling_back_to_the_current_version_is_refused(
+    lifecycle: RunningServer,
+) -> None:
+    """The current version is current already: FAILED_PRECONDITION, no new one."""
+    client = lifecycle.client
+    await client.rotate("WEBHOOK_KEY")
+    before = await client.versions("WEBHOOK_KEY")
+
+    with pytest.raises(FailedPreconditionError, match="is the current one already"):
+        await client.rollback("WEBHOOK_KEY", 2)
+
+    assert await client.versions("WEBHOOK_KEY") == before
+
+
+async def test_an_import_its_policy_refuses_is_skipped_saying_why(
+    tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """An imported value too short for its policy is not stored; the reason says so."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[secrets.SENTRY_DSN]\nsource = "imported"\nmin_length = 40\n')
+    environ = {"SENTRY_DSN": "https://short@example"}
+    async with running_server(
+        db_url, clock=clock, catalog=catalog, environ=environ
+    ) as server:
+        result = await server.client.initialize("alice")
+        with pytest.raises(NotFoundError):
+            await server.client.get("SENTRY_DSN")
+
+    reasons = dict((s.name, s.reason) for s in result.skipped)
+    assert reasons["SENTRY_DSN"].startswith(
+        "SENTRY_DSN in the server's environment is refused: "
+    )
+    assert "at least 40" in reasons["SENTRY_DSN"]
+    assert environ["SENTRY_DSN"] not in reasons["SENTRY_DSN"]
+
+
+async def test_a_secret_dropped_from_the_catalog_is_not_served(
+    tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """Whether a stored secret may be served is the catalog's to say: fail closed."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG)
+    async with running_server(db_url, clock=clock, catalog=catalog) as server:
+        await server.client.initialize("alice")
+    async with running_server(db_url, clock=clock) as server:
+        with pytest.raises(PermissionDeniedError, match="not in this server's catalog"):
+            await server.client.get("WEBHOOK_KEY")
+        assert (await server.client.get("JWT_SECRET")).version == 1
 
 
 async def test_generated_secret_cannot_be_written(lifecycle: RunningServer) -> None:
