@@ -2,13 +2,17 @@
 
 The target is a throwaway PostgreSQL that checks passwords (the server at
 127.0.0.1:5432 trusts every local login). Each test makes its own login roles
-and logs in with what the service hands out.
+and logs in with what the service hands out. One test rotates on the main
+server too, and checks the password verifiers it stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -27,6 +31,7 @@ from secretsvc_client import (
 )
 
 from secretsvc.service import utc_now
+from tests import postgres
 from tests.helpers import (
     ROOT_KEY,
     FakeClock,
@@ -682,3 +687,64 @@ async def expires(cluster: PasswordCluster, role: str) -> bool:
 
 async def _said(process: ServerProcess, text: str) -> bool:
     return text in process.output()
+
+
+async def test_on_the_main_server_each_role_keeps_the_password_handed_out(
+    tmp_path: Path, logs: LogCollector
+) -> None:
+    """Against the machine's own server, the roles' verifiers match the URLs.
+
+    That server trusts every local login, so a login proves nothing about a
+    password there; the SCRAM verifier it stores for each role does.
+    """
+    postgres.require_postgres()
+    suffix = secrets.token_hex(4)
+    roles = [f"main_a_{suffix}", f"main_b_{suffix}"]
+    admin_url = postgres.ADMIN_DSN
+    admin = await asyncpg.connect(admin_url)
+    for role in roles:
+        await admin.execute(f"CREATE ROLE {quoted(role)} LOGIN")
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        '[secrets.DATABASE_URL]\nrotator = "postgres"\n'
+        "[secrets.DATABASE_URL.postgres]\n"
+        f"admin_url = {json.dumps(admin_url)}\nroles = {json.dumps(roles)}\n"
+    )
+    db = sqlite_url(tmp_path / "secrets.db")
+    try:
+        async with running_server(db, clock=utc_now, catalog=catalog) as server:
+            await server.client.initialize("alice")
+            v1 = await server.client.get("DATABASE_URL")
+            await server.client.rotate("DATABASE_URL")
+            v2 = await server.client.get("DATABASE_URL")
+        verifiers = dict(
+            await admin.fetch(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1)",
+                roles,
+            )
+        )
+        users = [unquote(urlsplit(v.value).username or "") for v in (v1, v2)]
+    finally:
+        for role in roles:
+            await drop_role(admin, role)
+        await admin.close()
+
+    assert users == roles
+    assert scram_matches(verifiers[roles[0]], password_of(v1.value))
+    assert scram_matches(verifiers[roles[1]], password_of(v2.value))
+    assert not scram_matches(verifiers[roles[1]], password_of(v1.value))
+    assert_hidden(logs.text(), password_of(v1.value), password_of(v2.value))
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """Tell whether a stored SCRAM-SHA-256 verifier is ``password``'s."""
+    method, rest = verifier.split("$", 1)
+    assert method == "SCRAM-SHA-256"
+    iterations_salt, keys = rest.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key = base64.b64decode(keys.split(":")[0])
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
