@@ -60,6 +60,26 @@ async def test_rotation_elsewhere_reaches_the_cache(running: RunningServer) -> N
     assert fresh.value != first.value
 
 
+async def test_a_get_after_a_watched_event_returns_its_version(
+    running: RunningServer,
+) -> None:
+    """The README's loop: on each event, get gives the version it announced."""
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True) as cached:
+        await cached.get("JWT_SECRET")
+        seen: list[tuple[int, int]] = []
+        async for event in cached.watch(names=["JWT_SECRET"]):
+            if event.new_version < 4:
+                await running.client.rotate("JWT_SECRET")
+            if event.reason == "MANUAL":
+                got = await cached.get(event.name)
+                seen.append((event.new_version, got.version))
+            if event.new_version == 4:
+                break
+
+    assert seen == [(2, 2), (3, 3), (4, 4)]
+
+
 async def test_stale_if_error_window(db_url: str, clock: FakeClock) -> None:
     """With the server gone, held values are served for the window, then refused."""
     now = [0.0]

@@ -451,7 +451,9 @@ class SecretsClient:
 
         When the stream breaks, or the server ends it on shutdown, the
         iterator reconnects and resumes after the last event it yielded, so
-        no event is missed or repeated. Stop by breaking out of the loop.
+        no event is missed or repeated. With the cache, an event is yielded
+        once the cache holds the version it announces. Stop by breaking out
+        of the loop.
         """
         cursor = since_event_id
         delay = RECONNECT_FIRST_DELAY
@@ -466,6 +468,9 @@ class SecretsClient:
                     event = RotationEvent.from_proto(message)
                     cursor = event.event_id
                     delay = RECONNECT_FIRST_DELAY
+                    if self._cache is not None:
+                        # A get() right after the event returns what it announced.
+                        await self._cache.apply(event)
                     yield event
             except asyncio.CancelledError:
                 # The channel was closed under the stream: the watch is over.
