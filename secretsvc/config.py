@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from secretsvc.crypto import MIN_ROOT_KEY_LENGTH
@@ -17,6 +17,7 @@ from secretsvc.errors import StartupError
 logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/secretsvc.db"
 
 
@@ -59,6 +60,21 @@ class Settings(BaseSettings):
     # host:port of the Prometheus metrics endpoint; none by default.
     metrics_listen: str | None = None
 
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_address(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"give one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @property
     def auth_required(self) -> bool:
         """Whether every call must carry a credential."""
@@ -76,6 +92,23 @@ class Settings(BaseSettings):
         default=None,
         validation_alias="PASSWORD_MASTER_KEY_FILE",
     )
+
+
+def check_address(address: str) -> None:
+    """Check that ``address`` is ``host:port`` (``[v6]:port`` for IPv6).
+
+    Raises:
+        ValueError: saying what the address should look like.
+    """
+    host, _, port = address.rpartition(":")
+    bare = host.removeprefix("[").removesuffix("]")
+    if not bare or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            "give host:port, such as 127.0.0.1:50051 or [::1]:50051 (port 0 "
+            "picks a free one)"
+        )
+    if ":" in bare and host == bare:
+        raise ValueError("put an IPv6 address in brackets, such as [::1]:50051")
 
 
 def load_root_key(settings: Settings) -> str:

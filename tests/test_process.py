@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -257,6 +258,38 @@ def test_bad_store_exits_with_one_line(tmp_path: Path, url: str, problem: str) -
 
     assert server.run_to_exit() != 0
     assert problem in one_line(server.output())
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("SECRETSVC_LOG_LEVEL", "LOUD", "log_level: Value error, give one of DEBUG"),
+        ("SECRETSVC_LISTEN", "garbage", "listen: Value error, give host:port"),
+        ("SECRETSVC_LISTEN", "::1:50051", "put an IPv6 address in brackets"),
+        ("SECRETSVC_METRICS_LISTEN", "nope", "metrics_listen: Value error"),
+        ("SECRETSVC_METRICS_LISTEN", "TAKEN", "cannot serve metrics on 127.0.0.1:"),
+    ],
+    ids=["log-level", "listen", "listen-ipv6", "metrics-address", "metrics-taken"],
+)
+def test_bad_setting_exits_with_one_line(
+    tmp_path: Path, db_path: Path, setting: str, value: str, problem: str
+) -> None:
+    """A setting that cannot work stops the server with one line, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if value == "TAKEN":
+            value = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = ServerProcess(
+            tmp_path, sqlite_url(db_path), PASSWORD_MASTER_KEY=ROOT_KEY
+        )
+        server.env[setting] = value
+        code = server.run_to_exit()
+
+    output = server.output()
+    assert code != 0
+    assert problem in output
+    assert "Traceback" not in output
 
 
 # Runs the command with Ctrl-C armed, even where the runner ignores SIGINT

@@ -107,10 +107,14 @@ class SecretsServer:
                 self.port = server.add_insecure_port(self.settings.listen)
             else:
                 self.port = server.add_secure_port(self.settings.listen, credentials)
-        except RuntimeError:
+            if self.settings.metrics_listen:
+                _metrics_server(self.settings.metrics_listen)
+        except (RuntimeError, StartupError) as error:
             await self.authenticator.stop()
             await self.manager.close()
             await self.store.close()
+            if isinstance(error, StartupError):
+                raise
             raise StartupError(
                 f"cannot listen on {self.settings.listen}: "
                 "the address is taken or not this machine's"
@@ -119,10 +123,6 @@ class SecretsServer:
         self._server = server
 
         self.scheduler.start()
-        if self.settings.metrics_listen:
-            host, _, port = self.settings.metrics_listen.rpartition(":")
-            prometheus_client.start_http_server(int(port), addr=host or "127.0.0.1")
-            logger.info("metrics on http://%s/metrics", self.settings.metrics_listen)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = self.settings.listen.rsplit(":", 1)[0]
@@ -163,6 +163,22 @@ class SecretsServer:
         finally:
             await self.store.close()
         logger.info("secretsvc stopped")
+
+
+def _metrics_server(address: str) -> None:
+    """Serve Prometheus metrics on ``address`` (host:port) in a thread.
+
+    Raises:
+        StartupError: the address is taken or not this machine's.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        prometheus_client.start_http_server(int(port), addr=host.strip("[]"))
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on {address}: {error.strerror or error}"
+        ) from None
+    logger.info("metrics on http://%s/metrics", address)
 
 
 def is_loopback(listen: str) -> bool:
