@@ -780,7 +780,7 @@ class SecretManager:
             policy = self._policies.get(name)
             record = self._secrets.get(name)
             if record is None:
-                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                raise self._absent(name)
             if policy is None:
                 # Whether it may be served is the catalog's to say; fail closed.
                 raise ReadForbidden(
@@ -837,7 +837,7 @@ class SecretManager:
                 caller.require(Action.READ, name)
             record = self._secrets.get(name)
             if record is None:
-                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                raise self._absent(name)
         self.audit.record(caller.identity, "list_versions", "ok", name)
         data_key = self._source(name) is Source.DATA_KEY
         return [
@@ -1095,7 +1095,7 @@ class SecretManager:
             caller.require(Action.ROTATE, name)
             policy = self._policies.get(name)
             if name not in self._secrets:
-                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                raise self._absent(name)
             if policy is None or policy.source is Source.DATA_KEY:
                 raise NotRotatable(f"secret '{name}' cannot be rolled back", name=name)
             if self.touches_target(name):
@@ -1139,11 +1139,32 @@ class SecretManager:
         self._log_changed.publish()
         return True
 
+    def _absent(self, name: str) -> SecretNotFound:
+        """Say that ``name`` has no version, and, for a catalog secret, why."""
+        policy = self._policies.get(name)
+        if policy is None:
+            return SecretNotFound(f"secret '{name}' does not exist", name=name)
+        if self.touches_target(name):
+            how = (
+                "its first version is made on its target at InitializeSecrets, or "
+                "by the rotation loop; ListSecrets shows how far it is"
+            )
+        elif policy.source is Source.WRITTEN:
+            how = "an operator writes it with PutSecret"
+        elif policy.source is Source.IMPORTED:
+            how = (
+                f"it is imported from {policy.import_from} at InitializeSecrets "
+                "when the server's environment holds it"
+            )
+        else:
+            how = "InitializeSecrets makes it"
+        return SecretNotFound(f"secret '{name}' has no version yet: {how}", name=name)
+
     def _rotatable(self, name: str) -> SecretPolicy:
         check_name(name)
         policy = self._policies.get(name)
         if policy is None:
-            raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+            raise self._absent(name)
         if policy.source in (Source.IMPORTED, Source.WRITTEN):
             raise NotRotatable(
                 f"secret '{name}' is {policy.source.value}; the service does not "
@@ -1175,7 +1196,7 @@ class SecretManager:
             else:
                 record = await tx.lock_secret(name)
             if record is None and reason is not Reason.WRITTEN:
-                raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                raise self._absent(name)
             _check_expected(record, name, expected)
             ring = await self._fresh_keyring(tx)
             if ring.active_term is None and policy.source is not Source.DATA_KEY:
@@ -1354,7 +1375,7 @@ class SecretManager:
                 else:
                     record = await tx.lock_secret(name)
                 if record is None and reason is not Reason.INITIAL:
-                    raise SecretNotFound(f"secret '{name}' does not exist", name=name)
+                    raise self._absent(name)
                 earlier = await tx.pending(name)
                 if not _may_begin(name, reason, only_if_due, record, earlier, now):
                     return None
@@ -1939,10 +1960,16 @@ def _may_begin(
         # Nothing under way; a rotation given up is simply replaced.
         return True
     if _in_progress(earlier):
+        held = earlier.lease_until > now
+        if reason is Reason.INITIAL and not held:
+            # A first version waiting for its next attempt: a login asks
+            # again at once, since what stopped it (say, an admin URL not yet
+            # written) may be there now. No current value depends on it.
+            return True
         # Its attempts and their backoff belong to the resume path.
         if quiet:
             return False
-        if earlier.lease_until > now:
+        if held:
             raise RotationInProgress(
                 f"a rotation of secret '{name}' is under way", name=name
             )

@@ -27,6 +27,7 @@ from secretsvc_client import (
     BlockingSecretsClient,
     ConflictError,
     FailedPreconditionError,
+    NotFoundError,
     SecretsClient,
 )
 
@@ -62,13 +63,14 @@ class Target:
         roles: list[str] | None = None,
         grace_seconds: float | None = None,
         admin_url_secret: str | None = None,
+        retry_backoff_seconds: float = 0.05,
     ) -> Path:
         """Write a catalog whose DATABASE_URL is rotated on this target."""
         lines = [
             "[secrets.DATABASE_URL]",
             'rotator = "postgres"',
             "max_attempts = 3",
-            "retry_backoff_seconds = 0.05",
+            f"retry_backoff_seconds = {retry_backoff_seconds!r}",
         ]
         if grace_seconds is not None:
             lines.append(f"grace_period_hours = {grace_seconds / 3600!r}")
@@ -436,6 +438,35 @@ async def test_an_admin_url_that_parsers_read_apart_is_refused_unquoted(
     everything = logs.text() + repr(listed) + repr(audit)
     assert "Zk9Qw7LmXq" not in everything
     assert "uR2abc" not in everything
+
+
+async def test_the_login_after_the_admin_url_is_written_makes_the_first_url(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """As the README's start-up order says: init, put the admin URL, init again.
+
+    The first attempt's backoff is an hour: only the second login can make it.
+    """
+    catalog = target.catalog(
+        tmp_path, admin_url_secret="DATABASE_ADMIN_URL", retry_backoff_seconds=3600
+    )
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(db, clock=utc_now, catalog=catalog) as server:
+        client = server.client
+        first = await client.initialize("alice")
+        with pytest.raises(NotFoundError, match="has no version yet") as absent:
+            await client.get("DATABASE_URL")
+        with pytest.raises(NotFoundError, match="has no version yet"):
+            await client.versions("DATABASE_URL")
+        await client.put("DATABASE_ADMIN_URL", target.cluster.admin_url())
+        second = await client.initialize("alice")
+        url = await client.get("DATABASE_URL")
+        assert await login(url.value) == target.roles[0]
+
+    assert "DATABASE_URL" in [s.name for s in first.skipped]
+    assert "ListSecrets shows how far it is" in str(absent.value)
+    assert "DATABASE_URL" in second.generated
+    assert_hidden(logs.text(), *target.hidden(), password_of(url.value))
 
 
 async def test_a_first_version_given_up_is_made_at_the_next_login(
