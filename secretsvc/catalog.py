@@ -337,6 +337,11 @@ def _policy(
     if "rotator" in changes:
         changes["rotator"] = RotatorKind(changes["rotator"])
     policy = replace(policy, **changes)
+    given = policy.source in (Source.IMPORTED, Source.WRITTEN)
+    if base is None and entry.min_length is None and given:
+        # The 32-character floor is for values the service draws; what an
+        # operator gives is as long as it is, unless the entry says otherwise.
+        policy = replace(policy, min_length=1)
 
     if policy.rotator is RotatorKind.POSTGRES:
         if entry.postgres is None:

@@ -67,6 +67,8 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
     assert policies["JWT_SECRET"].rotation_interval_days == 30
     assert policies["JWT_SECRET"].min_length == 32
     assert policies["SENTRY_DSN"].import_from == "SENTRY_DSN"
+    # A value the service does not draw has no length floor unless one is set.
+    assert policies["SENTRY_DSN"].min_length == 1
     assert policies["SENTRY_DSN"].rotation_interval_days is None
 
 
