@@ -28,7 +28,7 @@ from secretsvc.errors import SecretsError as DomainError
 from secretsvc.errors import StartupError, StoreConflict
 from secretsvc.logs import setup_logging
 from secretsvc.model import TokenRecord
-from secretsvc.store import StoreTransaction, redact_url
+from secretsvc.store import StoreTransaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -388,12 +388,8 @@ def rekey(database_url: str | None, new_key_file: Path | None) -> None:
         _fail(str(error))
 
     async def run() -> int:
-        store = Store.open(settings.database_url)
+        store = await Store.open_existing(settings.database_url)
         try:
-            if not await store.has_schema():
-                raise StartupError(
-                    f"{redact_url(settings.database_url)} holds no secretsvc store"
-                )
             async with store.read() as tx:
                 count = len(await tx.key_terms())
             with click.progressbar(
@@ -513,14 +509,14 @@ def token_revoke(database_url: str, name: str) -> None:
 def _on_store(url: str, work: Callable[[StoreTransaction], Awaitable[T]]) -> T:
     try:
         return asyncio.run(_with_store(url, work))
-    except DomainError as error:
+    except (StartupError, DomainError) as error:
         _fail(str(error))
 
 
 async def _with_store(url: str, work: Callable[[StoreTransaction], Awaitable[T]]) -> T:
     from secretsvc.store import Store, migrate
 
-    store = Store.open(url)
+    store = await Store.open_existing(url)
     try:
         await migrate(store)
         async with store.write() as tx:

@@ -440,6 +440,17 @@ async def test_token_and_audit_commands(tmp_path: Path) -> None:
             check=False,
         )
 
+    # Pointed where no store is, it makes none.
+    nowhere = secretsvc(
+        "token",
+        "create",
+        "--name",
+        "ops",
+        "--policy",
+        str(policy),
+        SECRETSVC_DATABASE_URL=sqlite_url(tmp_path / "elsewhere" / "s.db"),
+    )
+    made = secretsvc("migrate")
     created = secretsvc("token", "create", "--name", "ops", "--policy", str(policy))
     token = created.stdout.strip()
     again = secretsvc("token", "create", "--name", "ops", "--policy", str(policy))
@@ -457,6 +468,10 @@ async def test_token_and_audit_commands(tmp_path: Path) -> None:
     finally:
         assert server.terminate() == 0
 
+    assert nowhere.returncode == 1
+    assert "there is no secretsvc store at" in nowhere.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    assert made.returncode == 0, made.stderr
     assert created.returncode == 0, created.stderr
     assert token.startswith("sst_")
     assert again.returncode == 1

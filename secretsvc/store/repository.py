@@ -105,6 +105,39 @@ class Store:
 
         return cls(engine)
 
+    @classmethod
+    async def open_existing(cls, url: str) -> Store:
+        """Open a store that a server, or ``secretsvc migrate``, has made.
+
+        Nothing is created: a command pointed at the wrong place says so
+        instead of starting a second, empty store.
+
+        Raises:
+            StartupError: there is no secretsvc store at ``url``.
+        """
+        missing = StartupError(
+            f"there is no secretsvc store at {redact_url(url)}: point "
+            "SECRETSVC_DATABASE_URL (or --database-url) at the server's store, "
+            "or create it first by starting the server or with 'secretsvc migrate'"
+        )
+        try:
+            parsed = make_url(url)
+        except (sa.exc.ArgumentError, ValueError):
+            parsed = None  # Store.open says what is wrong with it
+        sqlite = parsed is not None and parsed.get_backend_name() == "sqlite"
+        database = parsed.database if parsed is not None and sqlite else None
+        on_file = database not in (None, "", ":memory:")
+        if on_file and not await asyncio.to_thread(Path(str(database)).exists):
+            raise missing
+        store = cls.open(url)
+        try:
+            if not await store.has_schema():
+                raise missing
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
     def listen(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` whenever another process may have added events.
 
