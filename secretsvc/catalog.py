@@ -405,6 +405,11 @@ def _target(
         if wrong is not None:
             raise problem(f"postgres.admin_url {wrong}")
         parts = urlsplit(entry.admin_url)
+        if parts.username and unquote(parts.username) in entry.roles:
+            raise problem(
+                "postgres.roles names the admin URL's own role: the postgres "
+                "rotator only manages application roles"
+            )
         host = host or parts.hostname
         port = port or parts.port or 5432
         database = database or unquote(parts.path.lstrip("/")) or None

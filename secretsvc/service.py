@@ -1458,7 +1458,14 @@ class SecretManager:
         has: with one role, the current URL would not log in.
         """
         name = pending.name
-        record = self._secrets.get(name)
+        # From the store, not memory: this replica may not have followed the
+        # latest promotion yet, and the target must get the newest values.
+        try:
+            async with self._store.read() as tx:
+                found = await tx.secrets([name])
+            record = found[0] if found else None
+        except StoreUnavailable:
+            record = self._secrets.get(name)
         earlier: list[tuple[str, datetime | None]] = []
         if record is not None:
             for version in sorted(record.versions.values(), key=lambda v: -v.version):
@@ -1756,16 +1763,18 @@ class SecretManager:
         """Open the current value of a secret a rotator needs, such as an admin URL."""
         record = self._secrets.get(name)
         if record is None or record.current.sealed_value is None:
+            # Nothing reached the target: no attempt needs undoing.
             raise TargetRefused(
                 f"secret '{name}', which should hold the administrator URL, "
                 "has no value",
                 name=name,
+                untouched=True,
             )
         version = record.current.version
         try:
             plain = await self._open(name, version, record.current.sealed_value)
         except SecretCorrupted as error:
-            raise TargetRefused(str(error), name=name) from None
+            raise TargetRefused(str(error), name=name, untouched=True) from None
         self.audit.record(ROTATOR_ACTOR, "read", "ok", name, version)
         return plain.decode()
 

@@ -121,6 +121,11 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
             "admin_url needs its user and password percent-encoded",
         ),
         (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['app', 'admin']\n"
+            "admin_url = 'postgresql://admin:Zk9Qw@127.0.0.1:5432/app'\n",
+            "postgres.roles names the admin URL's own role",
+        ),
+        (
             PG + "[secrets.DATABASE_URL.postgres]\nroles = ['" + "é" * 32 + "']\n"
             "admin_url = 'postgresql://admin@db/app'\n",
             "at most 63 bytes",
@@ -150,6 +155,7 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         "postgres-without-host",
         "random-for-written",
         "admin-url-not-encoded",
+        "admin-role-managed",
         "role-over-63-bytes",
         "database-over-63-bytes",
     ],

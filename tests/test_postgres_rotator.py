@@ -213,6 +213,7 @@ async def test_two_roles_alternate_and_the_previous_url_lasts_its_grace(
     assert listed["JWT_SECRET"].rotator == "random"
     assert len({password_of(url) for url in urls}) == 3
     assert_hidden(logs.text(), *target.hidden(), *map(password_of, urls))
+    assert "trust authentication" not in logs.text()
 
 
 async def test_one_role_changes_in_place_and_the_client_reads_again(
@@ -467,6 +468,63 @@ async def test_the_login_after_the_admin_url_is_written_makes_the_first_url(
     assert "ListSecrets shows how far it is" in str(absent.value)
     assert "DATABASE_URL" in second.generated
     assert_hidden(logs.text(), *target.hidden(), password_of(url.value))
+
+
+async def test_an_admin_url_secret_never_written_is_given_up_untouched(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """No admin URL: nothing reached the database, so nothing is put back."""
+    catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(
+        db, clock=utc_now, catalog=catalog, rotation_interval=0.05
+    ) as server:
+        await server.client.initialize("alice")
+
+        async def given_up() -> bool:
+            return "given up after 3 attempts" in logs.text()
+
+        await poll_until(given_up)
+        info = {s.name: s for s in await server.client.list()}["DATABASE_URL"]
+
+    assert (info.current_version, info.rotation_failed) == (0, True)
+    assert "'DATABASE_ADMIN_URL', which should hold the administrator URL, has no" in (
+        info.rotation_failure
+    )
+    assert "put back" not in logs.text()
+
+
+async def test_the_administrators_own_role_is_never_changed(
+    pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
+) -> None:
+    """An admin URL, given as a secret, whose user is a managed role: refused."""
+    suffix = secrets.token_hex(4)
+    owner, other = f"owner_{suffix}", f"other_{suffix}"
+    password = secrets.token_urlsafe(16)
+    admin = await asyncpg.connect(pg_cluster.admin_url())
+    await admin.execute(
+        f"CREATE ROLE {quoted(owner)} LOGIN CREATEROLE PASSWORD '{password}'"
+    )
+    await admin.execute(f"CREATE ROLE {quoted(other)} LOGIN")
+    owner_url = pg_cluster.url(owner, password)
+    target = Target(pg_cluster, [owner, other])
+    catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
+    db = sqlite_url(tmp_path / "secrets.db")
+    try:
+        async with running_server(db, clock=utc_now, catalog=catalog) as server:
+            await server.client.initialize("alice")
+            await server.client.put("DATABASE_ADMIN_URL", owner_url)
+            again = await server.client.initialize("alice")
+        still = await login(owner_url)
+    finally:
+        await drop_role(admin, owner)
+        await drop_role(admin, other)
+        await admin.close()
+
+    reasons = dict((s.name, s.reason) for s in again.skipped)
+    assert "is the administrator's own" in reasons["DATABASE_URL"]
+    assert still == owner
+    assert_hidden(logs.text(), password)
 
 
 async def test_a_first_version_given_up_is_made_at_the_next_login(
@@ -765,6 +823,8 @@ async def test_on_the_main_server_each_role_keeps_the_password_handed_out(
     assert scram_matches(verifiers[roles[1]], password_of(v2.value))
     assert not scram_matches(verifiers[roles[1]], password_of(v1.value))
     assert_hidden(logs.text(), password_of(v1.value), password_of(v2.value))
+    # A server that lets anyone in is worth a warning, once.
+    assert logs.text().count("with a wrong password (trust authentication?)") == 1
 
 
 def scram_matches(verifier: str, password: str) -> bool:

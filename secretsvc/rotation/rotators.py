@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import logging
 import secrets
 import string
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,8 @@ from secretsvc.catalog import (
     admin_url_problem,
 )
 from secretsvc.errors import NotRotatable, RollbackRefused, TargetRefused
+
+logger = logging.getLogger(__name__)
 
 # 64 characters carry at least 256 bits in each alphabet but hex (which gets
 # 64 hex digits, 256 bits, too).
@@ -156,6 +159,8 @@ class PostgresRotator(Rotator):
         """Manage ``target``'s roles, connecting as the URL ``admin_url`` gives."""
         self.target = target
         self._admin_url = admin_url
+        # Whether a login with a wrong password was tried (once per process).
+        self._checked_open = False
 
     def produce(self, policy: SecretPolicy, current: str | None) -> str:
         """Return a URL for the next role with a new random password."""
@@ -207,7 +212,7 @@ class PostgresRotator(Rotator):
             f"ALTER ROLE {quote_ident(role)} PASSWORD "
             f"{quote_literal(scram_verifier(password))} VALID UNTIL 'infinity'"
         )
-        await self._as_admin(statement, secrets_in_errors=(password,))
+        await self._as_admin(statement, role, secrets_in_errors=(password,))
 
     async def verify(self, value: str) -> None:
         """Log in with the new URL and check who the server says we are."""
@@ -238,6 +243,35 @@ class PostgresRotator(Rotator):
             await _close(connection, t.connect_timeout_seconds)
         if who != role:
             raise TargetRefused(f"the new password logged in as {who!r}, not {role!r}")
+        if not self._checked_open:
+            self._checked_open = True
+            if await self._logs_in_with_any_password(role):
+                logger.warning(
+                    "database %s at %s:%d lets role %r in with a wrong password "
+                    "(trust authentication?): rotating its password protects "
+                    "nothing until pg_hba.conf asks for one",
+                    t.database,
+                    t.host,
+                    t.port,
+                    role,
+                )
+
+    async def _logs_in_with_any_password(self, role: str) -> bool:
+        """Tell whether the target lets ``role`` in with a password it never had."""
+        t = self.target
+        try:
+            connection = await asyncpg.connect(
+                host=t.host,
+                port=t.port,
+                user=role,
+                password=secrets.token_urlsafe(32),
+                database=t.database,
+                timeout=t.connect_timeout_seconds,
+            )
+        except Exception:
+            return False
+        await _close(connection, t.connect_timeout_seconds)
+        return True
 
     async def retire(self, previous: str, current: str, until: datetime) -> None:
         """Expire the previous role's password at ``until``, when roles alternate."""
@@ -252,7 +286,9 @@ class PostgresRotator(Rotator):
             f"VALID UNTIL {quote_literal(until.isoformat())}"
         )
         # A role dropped since has no password left to expire.
-        await self._as_admin(statement, secrets_in_errors=(), unless=UNDEFINED_OBJECT)
+        await self._as_admin(
+            statement, old_role, secrets_in_errors=(), unless=UNDEFINED_OBJECT
+        )
 
     async def undo(
         self, failed: str, earlier: Sequence[tuple[str, datetime | None]]
@@ -277,11 +313,15 @@ class PostgresRotator(Rotator):
                 f"VALID UNTIL {quote_literal(valid_until)}"
             )
             await self._as_admin(
-                statement, secrets_in_errors=(password,), unless=UNDEFINED_OBJECT
+                statement,
+                role,
+                secrets_in_errors=(password,),
+                unless=UNDEFINED_OBJECT,
             )
             return
         await self._as_admin(
             f"ALTER ROLE {quote_ident(role)} PASSWORD NULL",
+            role,
             secrets_in_errors=(),
             unless=UNDEFINED_OBJECT,
         )
@@ -297,16 +337,28 @@ class PostgresRotator(Rotator):
     async def _as_admin(
         self,
         statement: str,
+        role: str,
         *,
         secrets_in_errors: tuple[str, ...],
         unless: str | None = None,
     ) -> None:
-        """Run ``statement`` as the administrator; SQLSTATE ``unless`` is no error."""
+        """Run ``statement`` on ``role`` as the administrator.
+
+        SQLSTATE ``unless`` is no error. The administrator's own role is
+        never changed: its password would be handed out to applications, and
+        the admin URL would stop logging in.
+        """
         t = self.target
         admin_url = await self._admin_url()
         wrong = admin_url_problem(admin_url)
         if wrong is not None:
             raise TargetRefused(f"the administrator URL {wrong}", untouched=True)
+        if role_of_admin(admin_url) == role:
+            raise TargetRefused(
+                f"role {role!r} is the administrator's own: the postgres rotator "
+                "only manages application roles",
+                untouched=True,
+            )
         hidden = (*secrets_in_errors, admin_url, *_url_secrets(admin_url))
         try:
             connection = await asyncpg.connect(
@@ -391,6 +443,15 @@ def role_of(url: str) -> str | None:
         return _credentials(url)[0]
     except TargetRefused:
         return None
+
+
+def role_of_admin(url: str) -> str | None:
+    """Return the user an admin URL logs in as, if it names one."""
+    try:
+        user = urlsplit(url).username
+    except ValueError:
+        return None
+    return unquote(user) if user else None
 
 
 def _credentials(url: str) -> tuple[str, str]:
