@@ -256,9 +256,13 @@ def versions(connection: Connection, name: str) -> None:
     """List a secret's versions, newest first, without values."""
     with connection.open() as client:
         found = client.versions(name)
+    now = datetime.now(UTC)
     for v in found:
         kept = "kept" if v.value_kept else "destroyed"
-        expires = f" expires {_when(v.expires_at)}" if v.expires_at else ""
+        expires = ""
+        if v.expires_at is not None:
+            verb = "expired" if v.expires_at <= now else "expires"
+            expires = f" {verb} {_when(v.expires_at)}"
         click.echo(
             f"v{v.version:<5} {v.stage:<9} {_when(v.created_at)} {v.reason:<12} "
             f"{kept}{expires}"

@@ -307,7 +307,8 @@ class SecretManager:
         root = crypto.RootKey(self._root_key_secret, meta.key_salt)
         if not root.matches(meta.key_verifier):
             raise RootKeyMismatch(
-                "the root key (PASSWORD_MASTER_KEY) does not match this store"
+                "the root key (from PASSWORD_MASTER_KEY or PASSWORD_MASTER_KEY_FILE) "
+                "does not match this store"
             )
         return root
 

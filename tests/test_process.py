@@ -96,8 +96,8 @@ async def test_wrong_root_key_is_refused_before_any_write(
 
     assert code != 0
     assert (
-        "root key (PASSWORD_MASTER_KEY) does not match this store"
-        in (second.output().splitlines()[-1])
+        "root key (from PASSWORD_MASTER_KEY or PASSWORD_MASTER_KEY_FILE) does not "
+        "match this store" in (second.output().splitlines()[-1])
     )
     assert dump(db_path) == before
 
