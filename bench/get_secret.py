@@ -9,8 +9,9 @@ secretsvc/minimal.
 
 With ``--auth`` it measures what bearer-token authentication costs instead:
 secretsvc runs without authentication, then with SECRETSVC_AUTH=token and a
-token created beforehand with ``secretsvc token create``, which every client
-sends as ``authorization: Bearer`` metadata; the ratios are token/no auth.
+token created beforehand with ``secretsvc migrate`` and ``secretsvc token
+create``, which every client sends as ``authorization: Bearer`` metadata;
+the ratios are token/no auth.
 
 The load generator is one Python process on the same machine: it shares the
 cores with the server under test, and its own CPU column shows when it, not
@@ -255,16 +256,25 @@ def secretsvc_process(
 
 
 async def create_token(server: ServerProcess) -> None:
-    """Create a token in the store of ``server``, not started yet, and set it."""
+    """Create the store of ``server``, not started yet, and a token in it."""
     policy = server.workdir / "bench-policy.toml"
     policy.write_text(BENCH_POLICY)
-    command = (sys.executable, "-m", "secretsvc", "token", "create")
-    options = ("--name", BENCH_CALLER, "--policy", str(policy))
+    await run_command(server, "migrate")
+    out = await run_command(
+        server, "token", "create", "--name", BENCH_CALLER, "--policy", str(policy)
+    )
+    # The command prints the token alone, once.
+    server.token = out.strip()
 
+
+async def run_command(server: ServerProcess, *args: str) -> str:
+    """Run ``secretsvc ARGS`` on the store of ``server``; return its output."""
     # The command finds the store through SECRETSVC_DATABASE_URL.
     process = await asyncio.create_subprocess_exec(
-        *command,
-        *options,
+        sys.executable,
+        "-m",
+        "secretsvc",
+        *args,
         cwd=server.workdir,
         env=server.env,
         stdout=asyncio.subprocess.PIPE,
@@ -280,10 +290,8 @@ async def create_token(server: ServerProcess) -> None:
             await process.wait()
     if process.returncode != 0:
         detail = err.decode(errors="replace").strip()
-        raise BenchError(f"token create exited with {process.returncode}: {detail}")
-
-    # The command prints the token alone, once.
-    server.token = out.decode().strip()
+        raise BenchError(f"{args[0]} exited with {process.returncode}: {detail}")
+    return out.decode()
 
 
 def minimal_process(workdir: Path) -> ServerProcess:
