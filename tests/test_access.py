@@ -26,6 +26,7 @@ from secretsvc.access import Action, Grant, issue_token
 from secretsvc.store import tables
 from tests.helpers import (
     FakeClock,
+    LogCollector,
     RunningServer,
     ServerProcess,
     execute_sql,
@@ -485,6 +486,25 @@ async def test_token_and_audit_commands(tmp_path: Path) -> None:
     assert "ops" in listing.stdout
     assert token not in listing.stdout + server.output() + audit.stdout
     assert revoked.returncode == 0
+
+
+async def test_a_cached_client_that_may_not_watch_reads_through(
+    secured: RunningServer, logs: LogCollector
+) -> None:
+    """Without the watch right the cache cannot follow: every get asks the server."""
+    read_only = (Grant(frozenset({Action.READ}), ("JWT_SECRET",)),)
+    token = await add_token(secured, "read-only", read_only)
+    async with SecretsClient(secured.target, token=token, cache=True) as reader:
+        first = await reader.get("JWT_SECRET")
+
+        async def told() -> bool:
+            return "this caller may not watch" in logs.text()
+
+        await poll_until(told)
+        await secured.client.rotate("JWT_SECRET")
+        second = await reader.get("JWT_SECRET")
+
+    assert (first.version, second.version) == (1, 2)
 
 
 async def test_revocation_ends_an_open_watch(secured: RunningServer) -> None:

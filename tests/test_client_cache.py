@@ -16,6 +16,7 @@ from secretsvc_client import (
 
 from tests.helpers import (
     FakeClock,
+    LogCollector,
     RunningServer,
     free_port,
     poll_until,
@@ -78,6 +79,35 @@ async def test_a_get_after_a_watched_event_returns_its_version(
                 break
 
     assert seen == [(2, 2), (3, 3), (4, 4)]
+
+
+async def test_a_refresh_that_fails_is_tried_again(
+    running: RunningServer, logs: LogCollector
+) -> None:
+    """A rotation whose version could not be fetched is fetched at the next get."""
+    await running.client.initialize("alice")
+    async with SecretsClient(running.target, cache=True) as cached:
+        await cached.get("JWT_SECRET")
+        cache = cached._cache
+        assert cache is not None
+        fetch = cache._fetch
+        failures = [UnavailableError("the network blinked", code="UNAVAILABLE")]
+
+        async def blinking(name: str, stage: str) -> Secret:
+            if failures:
+                raise failures.pop()
+            return await fetch(name, stage)
+
+        cache._fetch = blinking
+        await running.client.rotate("JWT_SECRET")
+
+        async def failed() -> bool:
+            return "kept version 1 of JWT_SECRET: refresh failed" in logs.text()
+
+        await poll_until(failed)
+        fresh = await cached.get("JWT_SECRET")
+
+    assert fresh.version == 2
 
 
 async def test_stale_if_error_window(db_url: str, clock: FakeClock) -> None:

@@ -52,19 +52,28 @@ class SecretCache:
         self._current: dict[str, Secret] = {}
         self._previous: dict[str, Secret | None] = {}
         self._exported: set[str] = set()
+        # Names whose announced version could not be fetched yet.
+        self._behind: set[str] = set()
         self._unreachable_since: float | None = None
         self.follower: asyncio.Task[None] | None = None
+        # False once the server refuses to stream rotations to this caller:
+        # then every read asks the server.
+        self.following = True
 
     # -- reads -----------------------------------------------------------------
 
     async def current(self, name: str) -> Secret:
         """Return the held current version, reading it the first time."""
         held = self._current.get(name)
-        if held is None:
+        if held is None or not self.following:
             held = await self._fetch(name, "CURRENT")
             self._current[name] = held
             await self.report()
             return held
+        if name in self._behind:
+            # A rotation was announced but its version not fetched: try now.
+            with contextlib.suppress(SecretsError):
+                return await self.refresh(name)
         try:
             self._check_fresh(name)
         except UnavailableError as stale:
@@ -134,7 +143,20 @@ class SecretCache:
             self._previous[name] = await self._fetch_previous(name)
             if name in self._exported:
                 os.environ[name] = fresh.value
+        self._behind.discard(name)
         return fresh
+
+    async def catch_up(self) -> None:
+        """Fetch the versions announced while a refresh failed."""
+        for name in sorted(self._behind):
+            try:
+                await self.refresh(name)
+            except SecretsError as error:
+                logger.warning(
+                    "%s is still behind its latest version: refresh failed (%s)",
+                    name,
+                    error.code,
+                )
 
     async def apply(self, event: RotationEvent) -> None:
         """Refresh what an event changed; keep the held values on failure."""
@@ -145,13 +167,17 @@ class SecretCache:
             fresh = await self._fetch(event.name, "CURRENT")
             previous = await self._fetch_previous(event.name)
         except SecretsError as error:
+            # Fetched again at the next read of it, or when the follower
+            # reconnects: the stream will not announce this version again.
+            self._behind.add(event.name)
             logger.warning(
-                "kept version %d of %s: refresh failed (%s)",
+                "kept version %d of %s: refresh failed (%s); retrying",
                 held.version,
                 event.name,
                 error.code,
             )
             return
+        self._behind.discard(event.name)
         self._current[event.name] = fresh
         self._previous[event.name] = previous
         if event.name in self._exported:

@@ -310,11 +310,19 @@ class SecretsClient:
             try:
                 await call.wait_for_connection()
                 self._cache.connection_back()
+                await self._cache.catch_up()
                 async for message in call:
                     event = RotationEvent.from_proto(message)
                     cursor, delay = event.event_id, RECONNECT_FIRST_DELAY
                     await self._cache.apply(event)
             except grpc.aio.AioRpcError as error:
+                if error.code() is grpc.StatusCode.PERMISSION_DENIED:
+                    logger.warning(
+                        "the cache cannot follow rotations: this caller may not "
+                        "watch; every get asks the server instead"
+                    )
+                    self._cache.following = False
+                    return
                 logger.debug("cache follower: %s", error.code().name)
             finally:
                 call.cancel()
