@@ -64,3 +64,30 @@ async def test_malformed_name_is_recorded_without_it(running: RunningServer) -> 
     assert record.secret_name is None
     assert record.outcome == "invalid"
     assert len(record.detail or "") < 200
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [{"seconds": 2**62}, {"seconds": -(2**62)}, {"seconds": 1, "nanos": -5}],
+    ids=["far-future", "far-past", "negative-nanos"],
+)
+async def test_an_impossible_time_is_invalid_and_recorded(
+    running: RunningServer, stamp: dict[str, int]
+) -> None:
+    """A raw request with a time no calendar has: INVALID_ARGUMENT, on the trail."""
+    import grpc
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from secretsvc_client._proto import secrets_pb2 as pb
+    from secretsvc_client._proto import secrets_pb2_grpc as pb_grpc
+
+    await running.client.initialize("alice")
+    async with grpc.aio.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SecretServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = pb.ListAuditEventsRequest(since=Timestamp(**stamp))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ListAuditEvents(request)
+
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "since is not a time" in (raised.value.details() or "")
+    trail = await running.client.audit(action="audit", outcome="invalid")
+    assert len(trail.events) == 1

@@ -326,13 +326,20 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self, request: pb.ListAuditEventsRequest, context: Context, caller: Caller
     ) -> pb.ListAuditEventsResponse:
         """Page through the audit trail, newest first."""
+        try:
+            since, until = _datetime(request, "since"), _datetime(request, "until")
+        except InvalidRequest as error:
+            self._manager.audit.record(
+                caller.identity, "audit", error.outcome, None, detail=str(error)
+            )
+            raise
         query = AuditQuery(
             name=request.name or None,
             actor=request.caller or None,
             action=request.action or None,
             outcome=request.outcome or None,
-            since=_datetime(request, "since"),
-            until=_datetime(request, "until"),
+            since=since,
+            until=until,
         )
         page = await self._manager.list_audit(
             query, request.page_size, request.page_token, caller=caller
@@ -391,7 +398,12 @@ def _datetime(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"{field} is not a time between the years 1 and 9999"
+        ) from None
 
 
 def _event(event: RotationEventRecord) -> pb.RotationEvent:
