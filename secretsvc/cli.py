@@ -314,7 +314,12 @@ def list_(connection: Connection) -> None:
 
 
 @client_command
-@click.option("--since", type=int, default=0, help="Replay events after this id.")
+@click.option(
+    "--since",
+    type=click.IntRange(0, 2**63 - 1),
+    default=0,
+    help="Replay events after this id.",
+)
 @click.option("--name", "names", multiple=True, help="Only this secret; repeatable.")
 def watch(connection: Connection, since: int, names: tuple[str, ...]) -> None:
     """Print rotation events as they happen, until interrupted."""

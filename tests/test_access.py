@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from secretsvc_client import (
+    InvalidArgumentError,
     PermissionDeniedError,
     SecretsClient,
     SecretsError,
@@ -561,3 +562,16 @@ def test_token_names_are_checked(name: str) -> None:
 
     with pytest.raises(StartupError, match="token name"):
         issue_token(name, BACKEND)
+
+
+async def test_a_token_is_trimmed_and_a_broken_one_refused_at_once(
+    secured: RunningServer,
+) -> None:
+    """A token read from a file keeps its newline: trimmed; one inside: refused."""
+    token = await add_token(secured, "from-a-file", EVERYTHING)
+    async with SecretsClient(secured.target, token=token + "\n", cache=False) as ok:
+        assert (await ok.get("JWT_SECRET")).version == 1
+    with pytest.raises(InvalidArgumentError, match="a line break") as raised:
+        SecretsClient(secured.target, token=token[:10] + "\n" + token[10:])
+
+    assert token[10:] not in str(raised.value)

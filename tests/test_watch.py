@@ -195,3 +195,12 @@ async def test_closing_the_client_ends_its_watch(running: RunningServer) -> None
 
     await asyncio.wait_for(watcher, timeout=10)
     assert [e.event_id for e in seen] == [1, 2, 3]
+
+
+async def test_an_event_id_beyond_the_wire_is_refused(running: RunningServer) -> None:
+    """since_event_id past a signed 64-bit number: the library's own error."""
+    from secretsvc_client import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="since_event_id must be"):
+        async for _ in running.client.watch(since_event_id=2**64):
+            pass

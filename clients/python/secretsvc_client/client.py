@@ -76,6 +76,8 @@ def _timestamp(moment: datetime | None) -> Timestamp | None:
 
 DEFAULT_TIMEOUT = 10.0
 _STAGE_VALUES = {"CURRENT": pb.STAGE_CURRENT, "PREVIOUS": pb.STAGE_PREVIOUS}
+# Event ids are signed 64-bit numbers on the wire.
+MAX_EVENT_ID = 2**63 - 1
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 5.0
 # How often with_fresh_secret asks for a newer version while it waits.
@@ -143,6 +145,15 @@ class SecretsClient:
         self.target = target
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
+        if token is not None:
+            # A token read from a file keeps its newline; a header cannot.
+            token = token.strip()
+            if not all(" " <= c <= "~" for c in token):
+                raise InvalidArgumentError(
+                    "the token holds characters a call header cannot carry "
+                    "(a line break inside it?)",
+                    code="INVALID_ARGUMENT",
+                )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._tls = tls
         # Opened at the first call, on the loop that runs it: a client made
@@ -463,6 +474,11 @@ class SecretsClient:
         once the cache holds the version it announces. Stop by breaking out
         of the loop.
         """
+        if not 0 <= since_event_id <= MAX_EVENT_ID:
+            raise InvalidArgumentError(
+                f"since_event_id must be from 0 to {MAX_EVENT_ID}",
+                code="INVALID_ARGUMENT",
+            )
         cursor = since_event_id
         delay = RECONNECT_FIRST_DELAY
         while True:
