@@ -950,7 +950,9 @@ class SecretManager:
                 _check_version(version)
                 caller.require(Action.READ, name)
                 record = self._secrets.get(name)
-                if record is None or version not in record.versions:
+                if record is None:
+                    raise self._absent(name)
+                if version not in record.versions:
                     raise VersionNotFound(
                         f"secret '{name}' has no version {version}",
                         name=name,

@@ -273,7 +273,7 @@ async def test_reports_of_unknown_versions_are_refused(running: RunningServer) -
 
     with pytest.raises(NotFoundError, match="no version 999"):
         await running.client.report_versions({"JWT_SECRET": 999})
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="'NOPE_KEY' does not exist"):
         await running.client.report_versions({"NOPE_KEY": 1})
 
     listed = {s.name: s.consumers for s in await running.client.list()}
