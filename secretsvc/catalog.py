@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import regex
 from pydantic import (
@@ -231,6 +231,17 @@ def admin_url_problem(url: str) -> str | None:
     return None
 
 
+def admin_users(url: str) -> set[str]:
+    """Return the users an admin URL may log in as: its own, and ``?user=``."""
+    try:
+        parts = urlsplit(url)
+        users = {unquote(parts.username)} if parts.username else set()
+    except ValueError:
+        return set()
+    users.update(parse_qs(parts.query).get("user", []))
+    return users
+
+
 def _postgres_name(text: str) -> str:
     # PostgreSQL cuts longer names to 63 bytes, which may name another role.
     if len(text.encode()) > POSTGRES_NAME_BYTES:
@@ -405,7 +416,7 @@ def _target(
         if wrong is not None:
             raise problem(f"postgres.admin_url {wrong}")
         parts = urlsplit(entry.admin_url)
-        if parts.username and unquote(parts.username) in entry.roles:
+        if admin_users(entry.admin_url) & set(entry.roles):
             raise problem(
                 "postgres.roles names the admin URL's own role: the postgres "
                 "rotator only manages application roles"

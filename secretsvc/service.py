@@ -697,9 +697,7 @@ class SecretManager:
     ) -> None:
         """Make a secret's first version through its target, in the four steps."""
         name = policy.name
-        making = self._in_background(
-            self._rotate_on_target(policy, Reason.INITIAL, actor)
-        )
+        making = self._in_background(self._make_first(policy, actor))
         # A slow target does not hold up the login past its deadline.
         await asyncio.wait({making}, timeout=FIRST_VERSION_WAIT_SECONDS)
         if not making.done():
@@ -722,6 +720,25 @@ class SecretManager:
                 outcome.skipped.append((name, "its first version is being made"))
             return
         outcome.generated.append(name)
+
+    async def _make_first(self, policy: SecretPolicy, actor: str) -> VersionMeta | None:
+        """Begin a first version on its target, or take one waiting for a retry.
+
+        A login asks for the secret now: a first version waiting for its next
+        attempt (say, for an admin URL not yet written) is attempted at once.
+        Its attempts still count, so one that keeps failing is given up.
+        """
+        made = await self._rotate_on_target(policy, Reason.INITIAL, actor)
+        if made is not None or policy.name in self._secrets:
+            return made
+        now = self._clock()
+        async with self._store.write() as tx:
+            pending = await tx.claim_pending(
+                policy.name, self._owner, now, now + self._lease, waiting=True
+            )
+        if pending is None or pending.reason is not Reason.INITIAL:
+            return None
+        return await self._drive(policy, pending)
 
     async def _new_data_key(
         self,
@@ -1380,6 +1397,10 @@ class SecretManager:
                 if record is None and reason is not Reason.INITIAL:
                     raise self._absent(name)
                 earlier = await tx.pending(name)
+                if record is None:
+                    # Its first version may have been promoted while this
+                    # waited for the pending row: look again.
+                    record = await tx.lock_secret(name)
                 if not _may_begin(name, reason, only_if_due, record, earlier, now):
                     return None
                 old = _check_expected(record, name, expected)
@@ -1972,16 +1993,10 @@ def _may_begin(
         # Nothing under way; a rotation given up is simply replaced.
         return True
     if _in_progress(earlier):
-        held = earlier.lease_until > now
-        if reason is Reason.INITIAL and not held:
-            # A first version waiting for its next attempt: a login asks
-            # again at once, since what stopped it (say, an admin URL not yet
-            # written) may be there now. No current value depends on it.
-            return True
         # Its attempts and their backoff belong to the resume path.
         if quiet:
             return False
-        if held:
+        if earlier.lease_until > now:
             raise RotationInProgress(
                 f"a rotation of secret '{name}' is under way", name=name
             )

@@ -126,6 +126,11 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
             "postgres.roles names the admin URL's own role",
         ),
         (
+            PG + "[secrets.DATABASE_URL.postgres]\nroles = ['mgr']\n"
+            "admin_url = 'postgresql://127.0.0.1:5432/app?user=mgr&password=Zk9Qw'\n",
+            "postgres.roles names the admin URL's own role",
+        ),
+        (
             PG + "[secrets.DATABASE_URL.postgres]\nroles = ['" + "é" * 32 + "']\n"
             "admin_url = 'postgresql://admin@db/app'\n",
             "at most 63 bytes",
@@ -156,6 +161,7 @@ def test_file_adds_and_overrides(tmp_path: Path) -> None:
         "random-for-written",
         "admin-url-not-encoded",
         "admin-role-managed",
+        "admin-role-in-query",
         "role-over-63-bytes",
         "database-over-63-bytes",
     ],

@@ -470,6 +470,75 @@ async def test_the_login_after_the_admin_url_is_written_makes_the_first_url(
     assert_hidden(logs.text(), *target.hidden(), password_of(url.value))
 
 
+async def test_logins_retry_a_waiting_first_version_but_its_attempts_count(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """Each login attempts a waiting first version now; the third failure ends it.
+
+    Its backoff is an hour: only the logins make the attempts.
+    """
+    catalog = target.catalog(
+        tmp_path, admin_url_secret="DATABASE_ADMIN_URL", retry_backoff_seconds=3600
+    )
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(db, clock=utc_now, catalog=catalog) as server:
+        for _ in range(3):
+            await server.client.initialize("alice")
+        info = {s.name: s for s in await server.client.list()}["DATABASE_URL"]
+        # Given up, it starts afresh at the next login, as the README says.
+        await server.client.initialize("alice")
+        again = {s.name: s for s in await server.client.list()}["DATABASE_URL"]
+
+    said = [
+        line
+        for line in logs.text().splitlines()
+        if line.startswith("secretsvc.") and "given up after 3 attempts" in line
+    ]
+    assert len(said) == 1
+    assert (info.current_version, info.rotation_failed) == (0, True)
+    assert (again.rotation_pending, again.rotation_failed) == (True, False)
+
+
+async def test_concurrent_logins_on_two_replicas_make_one_working_first_url(
+    target: Target, tmp_path: Path, logs: LogCollector
+) -> None:
+    """Logins racing on two replicas, once the admin URL is written: one v1."""
+    postgres.require_postgres()
+    catalog = target.catalog(
+        tmp_path,
+        roles=target.roles[:1],
+        admin_url_secret="DATABASE_ADMIN_URL",
+        retry_backoff_seconds=3600,
+    )
+    name, db = await postgres.create_database()
+    try:
+        async with (
+            running_server(db, clock=utc_now, catalog=catalog) as a,
+            running_server(db, clock=utc_now, catalog=catalog) as b,
+        ):
+            await a.client.initialize("alice")
+            await a.client.put("DATABASE_ADMIN_URL", target.cluster.admin_url())
+            await asyncio.gather(
+                *((a if i % 2 else b).client.initialize(f"user-{i}") for i in range(16))
+            )
+
+            async def settled() -> bool:
+                listed = {s.name: s for s in await b.client.list()}
+                info = listed["DATABASE_URL"]
+                return info.current_version >= 1 and not info.rotation_pending
+
+            await poll_until(settled, within=20)
+            versions = await a.client.versions("DATABASE_URL")
+            urls = [(await c.client.get("DATABASE_URL")).value for c in (a, b)]
+    finally:
+        await postgres.drop_database(name)
+
+    assert [v.version for v in versions] == [1]
+    assert urls[0] == urls[1]
+    assert await login(urls[0]) == target.roles[0]
+    assert "Traceback" not in logs.text()
+
+
 async def test_an_admin_url_secret_never_written_is_given_up_untouched(
     target: Target, tmp_path: Path, logs: LogCollector
 ) -> None:
@@ -494,10 +563,19 @@ async def test_an_admin_url_secret_never_written_is_given_up_untouched(
     assert "put back" not in logs.text()
 
 
+@pytest.mark.parametrize("spelling", ["query", "environment"])
 async def test_the_administrators_own_role_is_never_changed(
-    pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
+    pg_cluster: PasswordCluster,
+    tmp_path: Path,
+    logs: LogCollector,
+    monkeypatch: pytest.MonkeyPatch,
+    spelling: str,
 ) -> None:
-    """An admin URL, given as a secret, whose user is a managed role: refused."""
+    """An admin URL, given as a secret, that logs in as a managed role: refused.
+
+    The user is in the query string, or comes from PGUSER: only the server,
+    asked who the administrator is, can tell in the second case.
+    """
     suffix = secrets.token_hex(4)
     owner, other = f"owner_{suffix}", f"other_{suffix}"
     password = secrets.token_urlsafe(16)
@@ -506,7 +584,12 @@ async def test_the_administrators_own_role_is_never_changed(
         f"CREATE ROLE {quoted(owner)} LOGIN CREATEROLE PASSWORD '{password}'"
     )
     await admin.execute(f"CREATE ROLE {quoted(other)} LOGIN")
-    owner_url = pg_cluster.url(owner, password)
+    owner_url = f"postgresql://{pg_cluster.host}:{pg_cluster.port}/postgres"
+    if spelling == "query":
+        owner_url += f"?user={owner}&password={password}"
+    else:
+        monkeypatch.setenv("PGUSER", owner)
+        monkeypatch.setenv("PGPASSWORD", password)
     target = Target(pg_cluster, [owner, other])
     catalog = target.catalog(tmp_path, admin_url_secret="DATABASE_ADMIN_URL")
     db = sqlite_url(tmp_path / "secrets.db")
@@ -515,7 +598,7 @@ async def test_the_administrators_own_role_is_never_changed(
             await server.client.initialize("alice")
             await server.client.put("DATABASE_ADMIN_URL", owner_url)
             again = await server.client.initialize("alice")
-        still = await login(owner_url)
+        still = await login(pg_cluster.url(owner, password))
     finally:
         await drop_role(admin, owner)
         await drop_role(admin, other)

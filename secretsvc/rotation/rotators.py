@@ -29,6 +29,7 @@ from secretsvc.catalog import (
     RotatorKind,
     SecretPolicy,
     admin_url_problem,
+    admin_users,
 )
 from secretsvc.errors import NotRotatable, RollbackRefused, TargetRefused
 
@@ -353,12 +354,13 @@ class PostgresRotator(Rotator):
         wrong = admin_url_problem(admin_url)
         if wrong is not None:
             raise TargetRefused(f"the administrator URL {wrong}", untouched=True)
-        if role_of_admin(admin_url) == role:
-            raise TargetRefused(
-                f"role {role!r} is the administrator's own: the postgres rotator "
-                "only manages application roles",
-                untouched=True,
-            )
+        own = TargetRefused(
+            f"role {role!r} is the administrator's own: the postgres rotator "
+            "only manages application roles",
+            untouched=True,
+        )
+        if role in admin_users(admin_url):
+            raise own
         hidden = (*secrets_in_errors, admin_url, *_url_secrets(admin_url))
         try:
             connection = await asyncpg.connect(
@@ -371,7 +373,16 @@ class PostgresRotator(Rotator):
                 untouched=True,
             ) from None
         try:
+            # The server says who the administrator is, whatever the URL's
+            # spelling (a default user, PGUSER, a service file).
+            who = await connection.fetchval(
+                "SELECT current_user", timeout=t.connect_timeout_seconds
+            )
+            if who == role:
+                raise own
             await connection.execute(statement, timeout=t.connect_timeout_seconds)
+        except TargetRefused:
+            raise
         except Exception as error:
             sqlstate = getattr(error, "sqlstate", None)
             if unless is not None and sqlstate == unless:
@@ -443,15 +454,6 @@ def role_of(url: str) -> str | None:
         return _credentials(url)[0]
     except TargetRefused:
         return None
-
-
-def role_of_admin(url: str) -> str | None:
-    """Return the user an admin URL logs in as, if it names one."""
-    try:
-        user = urlsplit(url).username
-    except ValueError:
-        return None
-    return unquote(user) if user else None
 
 
 def _credentials(url: str) -> tuple[str, str]:

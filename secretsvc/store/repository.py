@@ -703,27 +703,34 @@ class StoreTransaction:
         return _pending(row) if row is not None else None
 
     async def put_pending(self, pending: PendingVersion) -> None:
-        """Store a new pending version in place of any earlier one."""
+        """Store a new pending version in place of any earlier one.
+
+        The earlier row is updated, not deleted: a writer waiting to lock it
+        then finds the new pending version, rather than no row at all.
+        """
         p = t.pending_versions
-        await self._conn.execute(sa.delete(p).where(p.c.secret_name == pending.name))
-        await self._conn.execute(
-            sa.insert(p).values(
-                secret_name=pending.name,
-                version=pending.version,
-                sealed_value=pending.sealed_value,
-                key_term=pending.key_term,
-                reason=pending.reason.value,
-                step=pending.step,
-                attempts=pending.attempts,
-                next_attempt_at=pending.next_attempt_at,
-                lease_until=pending.lease_until,
-                owner=pending.owner,
-                created_at=pending.created_at,
-                created_by=pending.created_by,
-                failed_at=pending.failed_at,
-                failure=pending.failure,
-            )
+        values = dict(
+            version=pending.version,
+            sealed_value=pending.sealed_value,
+            key_term=pending.key_term,
+            reason=pending.reason.value,
+            step=pending.step,
+            attempts=pending.attempts,
+            next_attempt_at=pending.next_attempt_at,
+            lease_until=pending.lease_until,
+            owner=pending.owner,
+            created_at=pending.created_at,
+            created_by=pending.created_by,
+            failed_at=pending.failed_at,
+            failure=pending.failure,
         )
+        updated = await self._conn.execute(
+            sa.update(p).where(p.c.secret_name == pending.name).values(**values)
+        )
+        if updated.rowcount == 0:
+            await self._conn.execute(
+                sa.insert(p).values(secret_name=pending.name, **values)
+            )
 
     async def update_pending(self, name: str, owner: str, **values: Any) -> bool:
         """Update the pending version ``owner`` holds; False if it holds none."""
@@ -755,24 +762,31 @@ class StoreTransaction:
         await self._conn.execute(query)
 
     async def claim_pending(
-        self, name: str, owner: str, now: datetime, lease_until: datetime
+        self,
+        name: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        waiting: bool = False,
     ) -> PendingVersion | None:
         """Take over a pending version nobody holds any more and whose time came.
 
+        With ``waiting``, also one whose next attempt is still to come.
         Returns None when there is none, another process holds it, or it
         waits for a later attempt.
         """
         p = t.pending_versions
-        query = (
-            sa.select(p)
-            .where(
-                p.c.secret_name == name,
-                p.c.failed_at.is_(None),
-                p.c.lease_until <= now,
-                p.c.next_attempt_at <= now,
-            )
-            .with_for_update(skip_locked=True)
-        )
+        conditions = [
+            p.c.secret_name == name,
+            p.c.failed_at.is_(None),
+            p.c.lease_until <= now,
+        ]
+        if waiting:
+            conditions.append(p.c.sealed_value.is_not(None))
+        else:
+            conditions.append(p.c.next_attempt_at <= now)
+        query = sa.select(p).where(*conditions).with_for_update(skip_locked=True)
         row = (await self._conn.execute(query)).one_or_none()
         if row is None:
             return None
