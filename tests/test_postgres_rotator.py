@@ -294,6 +294,46 @@ async def test_one_role_changes_in_place_and_the_client_reads_again(
     assert "resuming the rotation of DATABASE_URL to version 2" not in logs.text()
 
 
+async def test_with_fresh_secret_keeps_up_with_back_to_back_rotations(
+    target: Target, tmp_path: Path
+) -> None:
+    """One role rotated without a pause: every connection still gets through."""
+    catalog = target.catalog(tmp_path, roles=target.roles[:1])
+    db = sqlite_url(tmp_path / "secrets.db")
+    async with running_server(db, clock=utc_now, catalog=catalog) as server:
+        await server.client.initialize("alice")
+        rotating = True
+
+        async def rotate() -> int:
+            count = 0
+            while rotating:
+                with contextlib.suppress(ConflictError):
+                    await server.client.rotate("DATABASE_URL")
+                    count += 1
+            return count
+
+        async def connect(client: SecretsClient) -> int:
+            done = 0
+            for _ in range(15):
+                await client.with_fresh_secret(
+                    "DATABASE_URL", login, retry_on=(asyncpg.InvalidPasswordError,)
+                )
+                done += 1
+            return done
+
+        rotations = asyncio.create_task(rotate())
+        async with (
+            SecretsClient(server.target, cache=True) as cached,
+            SecretsClient(server.target, cache=False) as direct,
+        ):
+            done = await asyncio.gather(connect(cached), connect(direct))
+        rotating = False
+        rotated = await rotations
+
+    assert list(done) == [15, 15]
+    assert rotated > 5
+
+
 async def test_a_refusing_target_is_given_up_and_the_schedule_goes_on(
     db_url: str, pg_cluster: PasswordCluster, tmp_path: Path, logs: LogCollector
 ) -> None:

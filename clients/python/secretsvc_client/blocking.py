@@ -114,18 +114,19 @@ class BlockingSecretsClient:
         as ``psycopg.connect``.
         """
         secret = self.get(name)
-        try:
-            return use(secret.value)
-        except retry_on:
-            deadline = time.monotonic() + wait
-            while True:
-                fresh = self.refresh(name)
-                if fresh.version != secret.version:
-                    break
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(FRESH_POLL_SECONDS)
-        return use(fresh.value)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return use(secret.value)
+            except retry_on:
+                while True:
+                    fresh = self.refresh(name)
+                    if fresh.version != secret.version:
+                        break
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(FRESH_POLL_SECONDS)
+                secret = fresh
 
     def get_or_default(self, name: str, default: str) -> str:
         """Return the current value of a secret, or ``default`` if it has none."""

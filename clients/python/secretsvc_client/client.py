@@ -251,24 +251,26 @@ class SecretsClient:
         service makes it current, such as a database password rotated in place
         (one login role): when ``use`` raises one of ``retry_on`` (say
         ``asyncpg.InvalidPasswordError``), the secret is read again from the
-        server until a newer version appears, for up to ``wait`` seconds, and
-        ``use`` is called once more with it. Without a newer version the first
+        server until a newer version appears, and ``use`` is called again
+        with it, as long as newer versions keep coming within ``wait``
+        seconds of the first call. Without a newer version in time, the last
         error is raised.
         """
         secret = await self.get(name)
-        try:
-            return await use(secret.value)
-        except retry_on:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            while True:
-                fresh = await self.refresh(name)
-                if fresh.version != secret.version:
-                    break
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(FRESH_POLL_SECONDS)
-        return await use(fresh.value)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            try:
+                return await use(secret.value)
+            except retry_on:
+                while True:
+                    fresh = await self.refresh(name)
+                    if fresh.version != secret.version:
+                        break
+                    if loop.time() >= deadline:
+                        raise
+                    await asyncio.sleep(FRESH_POLL_SECONDS)
+                secret = fresh
 
     async def verifying_set(self, name: str) -> list[Secret]:
         """Return the values a signature may have been made with, newest first.
