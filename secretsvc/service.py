@@ -1399,8 +1399,12 @@ class SecretManager:
                 earlier = await tx.pending(name)
                 if record is None:
                     # Its first version may have been promoted while this
-                    # waited for the pending row: look again.
-                    record = await tx.lock_secret(name)
+                    # waited for the pending row: look again, without a lock
+                    # (locking the secret's row after the pending row would
+                    # take the two in the opposite order to every other
+                    # writer). Found, a login has nothing left to begin.
+                    found = await tx.secrets([name])
+                    record = found[0] if found else None
                 if not _may_begin(name, reason, only_if_due, record, earlier, now):
                     return None
                 old = _check_expected(record, name, expected)
