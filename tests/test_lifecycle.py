@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -322,3 +324,31 @@ async def test_blocking_client_offers_the_same_calls(
             return [v.version for v in client.versions("WEBHOOK_KEY")]
 
     assert await asyncio.to_thread(work) == [3, 2, 1]
+
+
+async def test_versions_command_says_expired_once_the_grace_is_over(
+    lifecycle: RunningServer, clock: FakeClock
+) -> None:
+    """`secretsvc versions` says "expires" while the grace lasts, then "expired"."""
+    from click.testing import CliRunner
+
+    from secretsvc.cli import main
+
+    client = lifecycle.client
+    await client.rotate("WEBHOOK_KEY")
+    target = ["--target", lifecycle.target]
+
+    def versions() -> str:
+        result = CliRunner().invoke(main, ["versions", "WEBHOOK_KEY", *target])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    # v1 was superseded in January (its 2 h grace long over, by the wall
+    # clock the command reads); v2 an hour ago, so its grace still runs.
+    clock.now = datetime.now(UTC) - timedelta(hours=1)
+    await client.rotate("WEBHOOK_KEY")
+    during = await asyncio.to_thread(versions)
+
+    lines = {line.split()[0]: line for line in during.splitlines()}
+    assert " expires " in lines["v2"]
+    assert " expired " in lines["v1"]
