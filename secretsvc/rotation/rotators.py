@@ -220,14 +220,7 @@ class PostgresRotator(Rotator):
         role, password = _credentials(value)
         t = self.target
         try:
-            connection = await asyncpg.connect(
-                host=t.host,
-                port=t.port,
-                user=role,
-                password=password,
-                database=t.database,
-                timeout=t.connect_timeout_seconds,
-            )
+            connection = await self._log_in(role, password)
         except Exception as error:
             raise self._refused(
                 "logging in with the new password", error, password
@@ -259,20 +252,25 @@ class PostgresRotator(Rotator):
 
     async def _logs_in_with_any_password(self, role: str) -> bool:
         """Tell whether the target lets ``role`` in with a password it never had."""
-        t = self.target
         try:
-            connection = await asyncpg.connect(
-                host=t.host,
-                port=t.port,
-                user=role,
-                password=secrets.token_urlsafe(32),
-                database=t.database,
-                timeout=t.connect_timeout_seconds,
-            )
+            connection = await self._log_in(role, secrets.token_urlsafe(32))
         except Exception:
             return False
-        await _close(connection, t.connect_timeout_seconds)
+        await _close(connection, self.target.connect_timeout_seconds)
         return True
+
+    async def _log_in(self, role: str, password: str) -> asyncpg.Connection:
+        """Connect to the target's database as ``role`` with ``password``."""
+        t = self.target
+        connection: asyncpg.Connection = await asyncpg.connect(
+            host=t.host,
+            port=t.port,
+            user=role,
+            password=password,
+            database=t.database,
+            timeout=t.connect_timeout_seconds,
+        )
+        return connection
 
     async def retire(self, previous: str, current: str, until: datetime) -> None:
         """Expire the previous role's password at ``until``, when roles alternate."""
